@@ -1,0 +1,171 @@
+"""The node contract.
+
+A node is plain Python with a small contract. It declares the kinds it
+``consumes`` and ``produces`` (checked when the pipeline is built), and handles
+events in exactly one of two ways:
+
+``on_event(ev)`` -- synchronous. Emits with ``self.emit(...)``. The runtime calls
+    it *inline*, directly from the emitter, with no queue and no task switch:
+    the cheapest possible hop, for work that takes microseconds (filters,
+    routers, a VAD on one frame, an output buffer). A spec may still put it
+    behind a queue (``queued = true``).
+
+``async def stream(ev)`` -- an async generator, for generating work (an LLM, a
+    TTS, anything that awaits a provider). Each yielded event is emitted. It
+    always runs in its own task behind a bounded inbox, one event at a time.
+    The runtime *pulls* it: if the turn of ``ev`` is interrupted, the runtime
+    cancels the task (``CancelledError`` at the node's current ``await``, which
+    closes its ``async with`` provider streams) and never pulls again. A node
+    that ignores the cancellation can finish the item it was producing, and
+    that item is dropped; it cannot produce another.
+
+A node never handles an interruption itself for the invariant to hold: the
+kernel fences the turn, clears outputs and cancels generation. Nodes that own
+an output buffer declare ``controls = ("control.clear_buffer",)`` and drop it
+in :meth:`Node.on_control`, which the kernel calls synchronously.
+
+Optionally: ``async def run()`` is a long-lived body (a playout clock, a
+connection) owned by the session and cancelled when it closes; and
+``snapshot()``/``restore()`` move the node's state between processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
+
+import msgspec
+
+from rspp.events import Event
+
+if TYPE_CHECKING:
+    from rspp.kernel.session import Sink
+
+__all__ = ["Node", "NodeConfig", "NodeContext"]
+
+
+class NodeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of node config schemas: unknown keys are errors, so typos fail at build time."""
+
+
+class NodeContext(Protocol):
+    """What the runtime offers a node (implemented by the kernel's node runner)."""
+
+    @property
+    def name(self) -> str:
+        """The node's name in the pipeline."""
+        ...
+
+    @property
+    def session_id(self) -> str:
+        """The id of the session this node instance belongs to."""
+        ...
+
+    @property
+    def log(self) -> logging.Logger:
+        """A logger named after the node."""
+        ...
+
+    def emit(self, event: Event, cause: Event | None = None) -> None:
+        """Emit ``event``; header fields left at 0 are taken from ``cause``.
+
+        ``cause`` defaults to the event the node is handling; outside a handler
+        (``run()``, a timer) an event without a cause gets the session's current
+        turn and the current time.
+        """
+        ...
+
+    def call_later(self, delay_s: float, callback: Callable[..., object], *args: Any) -> None:
+        """Run ``callback(*args)`` after ``delay_s``; the session cancels it when it closes."""
+        ...
+
+    def now_ns(self) -> int:
+        """The session clock (monotonic, or virtual under ``rspp.testing.VirtualClock``)."""
+        ...
+
+    def is_fenced(self, turn: int) -> bool:
+        """Whether the output of ``turn`` has been fenced by an interruption or a cancel."""
+        ...
+
+    def resource(self, name: str) -> Any:
+        """A named object provided to the session (a model handle, a client)."""
+        ...
+
+    def sink(self, name: str) -> Sink:
+        """A named session sink."""
+        ...
+
+
+C = TypeVar("C", bound=NodeConfig)
+
+
+class Node(Generic[C]):
+    """Base class of every node type. See the module docstring for the contract."""
+
+    #: Data kinds this node handles ("*" for every kind that reaches it).
+    consumes: ClassVar[tuple[str, ...]] = ()
+    #: Data kinds this node may emit ("*" for "whatever it receives").
+    produces: ClassVar[tuple[str, ...]] = ()
+    #: Control-lane kinds delivered synchronously to :meth:`on_control`.
+    controls: ClassVar[tuple[str, ...]] = ()
+    #: The config schema (a msgspec Struct); specs are validated against it.
+    Config: ClassVar[type[NodeConfig]] = NodeConfig
+
+    # Set by __init_subclass__: how the runtime drives this type.
+    streaming: ClassVar[bool] = False
+    has_run: ClassVar[bool] = False
+
+    def __init__(self, config: C, ctx: NodeContext) -> None:
+        self.config = config
+        self.ctx = ctx
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        defines_stream = cls.stream is not Node.stream
+        defines_on_event = cls.on_event is not Node.on_event
+        if defines_stream and defines_on_event:
+            raise TypeError(f"{cls.__qualname__} defines both on_event and stream; pick one")
+        cls.streaming = defines_stream
+        cls.has_run = cls.run is not Node.run
+
+    @classmethod
+    def handles_events(cls) -> bool:
+        """Whether the type implements a data handler at all."""
+        return cls.streaming or cls.on_event is not Node.on_event
+
+    # -- the handlers: a node implements one of these --------------------------------
+
+    def on_event(self, event: Event) -> None:
+        """Handle one event synchronously; emit with ``self.emit``."""
+        raise NotImplementedError
+
+    def stream(self, event: Event) -> AsyncIterator[Event]:
+        """Handle one event by yielding what it produces (pulled and cancelled by the runtime).
+
+        Implement it as an async generator (``async def stream(...)`` with ``yield``).
+        """
+        raise NotImplementedError
+
+    # -- optional --------------------------------------------------------------------
+
+    def on_control(self, event: Event) -> None:
+        """A control-lane event of a kind listed in ``controls``. Must be quick and not block."""
+
+    async def run(self) -> None:
+        """A long-lived body owned by the session, cancelled at close (run only if overridden)."""
+        await asyncio.sleep(0)  # pragma: no cover
+
+    def snapshot(self) -> Any:
+        """The node's resumable state, msgpack-encodable. None if stateless."""
+        return None
+
+    def restore(self, state: Any) -> None:
+        """Restore what :meth:`snapshot` returned (called before any event is handled)."""
+
+    # -- conveniences ----------------------------------------------------------------
+
+    def emit(self, event: Event, cause: Event | None = None) -> None:
+        """Shorthand for ``self.ctx.emit``."""
+        self.ctx.emit(event, cause)

@@ -1,0 +1,147 @@
+"""The output transport node: a playout buffer paced in real time.
+
+Synthesized audio arrives in chunks faster than real time (10 s of reply can
+be buffered here). The node cuts it into frames and releases one frame per
+frame duration (``lead_ms`` ahead of real time, to cover the client's jitter
+buffer) as ``audio.out``; the kernel hands each frame to the sink bound to this
+node and records it as delivered.
+
+Barge-in: on ``control.clear_buffer`` the buffered frames of the cleared turns
+are dropped at once and the pacing restarts, so the next reply starts without
+waiting out the old schedule. (Even a frame already taken off the buffer
+cannot leak: the kernel drops ``audio.out`` of a fenced turn at emission.)
+When the last frame of a turn that TTS declared done has gone out, the node
+emits ``turn.done``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any, ClassVar
+
+from rspp.events import AudioOut, ClearBuffer, Event, TtsAudio, TtsDone, TurnDone
+from rspp.kernel.node import Node, NodeConfig
+from rspp.nodes.text import spread_words
+
+__all__ = ["AudioOutput"]
+
+#: A frame this close to its time is sent now (loop time is a float: waiting for the
+#: exact nanosecond could spin).
+_SLACK_NS = 50_000
+
+
+class AudioOutputConfig(NodeConfig):
+    #: Playout frame duration.
+    frame_ms: float = 20.0
+    #: How far ahead of real time frames are released.
+    lead_ms: float = 0.0
+    #: Buffered audio beyond this is refused (logged): a bound on memory.
+    max_buffer_ms: float = 120_000.0
+
+
+class AudioOutput(Node[AudioOutputConfig]):
+    """Buffers ``tts.audio``, releases ``audio.out`` frames in real time."""
+
+    consumes: ClassVar[tuple[str, ...]] = ("tts.audio", "tts.done")
+    produces: ClassVar[tuple[str, ...]] = ("audio.out",)
+    controls: ClassVar[tuple[str, ...]] = ("control.clear_buffer",)
+    Config = AudioOutputConfig
+
+    def __init__(self, config: AudioOutputConfig, ctx: Any) -> None:
+        super().__init__(config, ctx)
+        self._buffer: deque[AudioOut | TtsDone] = deque()
+        self._buffered_ns = 0
+        self._next_ns = 0  # when the next frame is due (session clock)
+        self._sent_ns: dict[int, int] = {}  # turn -> audio sent
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def buffered_ms(self) -> float:
+        """Audio waiting to be played."""
+        return self._buffered_ns / 1e6
+
+    # -- input ---------------------------------------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, TtsDone):
+            self._buffer.append(event)
+        elif isinstance(event, TtsAudio):
+            if self._buffered_ns + event.duration_ns > self.config.max_buffer_ms * 1e6:
+                self.ctx.log.warning(
+                    "output buffer full (%.0f ms): dropping %.0f ms of turn %d",
+                    self.buffered_ms,
+                    event.duration_ns / 1e6,
+                    event.turn,
+                )
+                return
+            self._enqueue_frames(event)
+        self._wake()
+
+    def _enqueue_frames(self, chunk: TtsAudio) -> None:
+        bytes_per_frame = int(chunk.sample_rate * self.config.frame_ms / 1000) * 2 * chunk.channels
+        pcm = chunk.pcm
+        count = max(1, -(-len(pcm) // bytes_per_frame))
+        texts = spread_words(chunk.text, count)
+        for i in range(count):
+            frame = AudioOut(
+                pcm=pcm[i * bytes_per_frame : (i + 1) * bytes_per_frame],
+                sample_rate=chunk.sample_rate,
+                channels=chunk.channels,
+                text=texts[i],
+                turn=chunk.turn,
+                origin_ns=chunk.origin_ns,
+            )
+            self._buffer.append(frame)
+            self._buffered_ns += frame.duration_ns
+
+    def on_control(self, event: Event) -> None:
+        if isinstance(event, ClearBuffer):
+            kept = [item for item in self._buffer if item.turn > event.turn]
+            self._buffer.clear()
+            self._buffer.extend(kept)
+            self._buffered_ns = sum(f.duration_ns for f in kept if isinstance(f, AudioOut))
+            for turn in [t for t in self._sent_ns if t <= event.turn]:
+                del self._sent_ns[turn]
+            self._next_ns = 0
+            self._wake()
+
+    # -- playout -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        lead_ns = int(self.config.lead_ms * 1e6)
+        while True:
+            if not self._buffer:
+                await self._sleep(loop, None)
+                continue
+            now = self.ctx.now_ns()
+            due = max(self._next_ns, now)
+            if due - lead_ns - now > _SLACK_NS:
+                await self._sleep(loop, (due - lead_ns) / 1e9)
+                continue  # the buffer may have changed while we slept
+            item = self._buffer.popleft()
+            if isinstance(item, TtsDone):
+                sent = self._sent_ns.pop(item.turn, 0)
+                self.emit(TurnDone(turn=item.turn, delivered_ms=sent / 1e6), item)
+                continue
+            self._buffered_ns -= item.duration_ns
+            self._sent_ns[item.turn] = self._sent_ns.get(item.turn, 0) + item.duration_ns
+            self._next_ns = due + item.duration_ns
+            self.emit(item, item)
+
+    async def _sleep(self, loop: asyncio.AbstractEventLoop, at: float | None) -> None:
+        """Sleep until loop time ``at`` (forever if None) or until the buffer changes."""
+        waiter = self._waiter = loop.create_future()
+        handle = loop.call_at(at, self._wake) if at is not None else None
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if handle is not None:
+                handle.cancel()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)

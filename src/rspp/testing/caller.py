@@ -1,0 +1,127 @@
+"""A scripted caller: plays user utterances into a session as a real-time audio stream.
+
+It sends one frame every ``frame_ms`` for the whole call -- silence while it
+listens, speech-like audio while it talks -- exactly like a microphone behind
+a transport, so the VAD sees real pauses. Each utterance waits for the bot:
+normally until the previous reply has been played out (then a pause), or, for
+a barge-in, until the previous reply has *started* and then a set delay, so
+the caller talks over the bot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from rspp.events import AudioIn
+from rspp.kernel.session import Session
+from rspp.testing.audio import silence, speech_like
+from rspp.testing.sinks import RecordingSink
+
+__all__ = ["ScriptedCaller", "Spoken", "Utterance"]
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One thing the caller says."""
+
+    text: str
+    #: How long it takes to say (default: ``ms_per_word`` per word).
+    duration_ms: float | None = None
+    #: Silence before speaking, once it is the caller's turn.
+    pause_ms: float = 400.0
+    #: Barge in: start this long after the bot's previous reply started playing.
+    barge_in_after_ms: float | None = None
+
+
+@dataclass
+class Spoken:
+    """When an utterance was actually spoken (session clock, ns)."""
+
+    text: str
+    start_ns: int
+    end_ns: int
+    barge_in: bool = False
+
+
+@dataclass
+class ScriptedCaller:
+    """Plays ``script`` into ``session``; ``sink`` is where the bot's replies arrive."""
+
+    session: Session
+    sink: RecordingSink
+    script: list[Utterance]
+    frame_ms: float = 20.0
+    ms_per_word: float = 330.0
+    level_db: float = -20.0
+    #: Give up (TimeoutError) if the bot does not answer within this.
+    max_wait_s: float = 60.0
+    #: Silence after the last reply before the call ends.
+    tail_ms: float = 500.0
+    spoken: list[Spoken] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        rate = self.session.pipeline.spec.audio.sample_rate
+        self._rate = rate
+        self._silence = silence(self.frame_ms, rate)
+        self._frame_bytes = len(self._silence)
+        self._next = 0.0
+
+    async def play(self) -> list[Spoken]:
+        """Play the whole script; returns what was spoken when."""
+        self._next = asyncio.get_running_loop().time()
+        for index, utterance in enumerate(self.script):
+            if utterance.barge_in_after_ms is not None:
+                await self._listen_until(lambda i=index: self._replies_started() >= i, index)
+                await self._listen_for(utterance.barge_in_after_ms)
+            else:
+                await self._listen_until(lambda i=index: self.sink.replies_ended >= i, index)
+                await self._listen_for(utterance.pause_ms)
+            await self._say(utterance, seed=index)
+        await self._listen_until(
+            lambda: self.sink.replies_ended >= len(self.script), len(self.script)
+        )
+        await self._listen_for(self.tail_ms)
+        return self.spoken
+
+    def _replies_started(self) -> int:
+        return len({frame.turn for frame in self.sink.audio()})
+
+    async def _frame(self, pcm: bytes) -> None:
+        self.session.push(AudioIn(pcm=pcm, sample_rate=self._rate))
+        loop = asyncio.get_running_loop()
+        self._next += self.frame_ms / 1000
+        await asyncio.sleep(max(0.0, self._next - loop.time()))
+
+    async def _listen_for(self, ms: float) -> None:
+        for _ in range(round(ms / self.frame_ms)):
+            await self._frame(self._silence)
+
+    async def _listen_until(self, ready: object, index: int) -> None:
+        assert callable(ready)
+        frames = 0
+        limit = self.max_wait_s * 1000 / self.frame_ms
+        while not ready():
+            if frames > limit:
+                raise TimeoutError(
+                    f"scripted caller: no reply before utterance {index} within {self.max_wait_s} s"
+                )
+            await self._frame(self._silence)
+            frames += 1
+
+    async def _say(self, utterance: Utterance, seed: int) -> None:
+        words = len(utterance.text.split())
+        duration = utterance.duration_ms or max(300.0, words * self.ms_per_word)
+        pcm = speech_like(duration, self._rate, level_db=self.level_db, seed=seed)
+        start = self.session.now_ns()
+        step = self._frame_bytes
+        for offset in range(0, len(pcm) - step + 1, step):
+            await self._frame(pcm[offset : offset + step])
+        self.spoken.append(
+            Spoken(
+                utterance.text,
+                start,
+                self.session.now_ns(),
+                barge_in=utterance.barge_in_after_ms is not None,
+            )
+        )

@@ -1,0 +1,65 @@
+"""A sink that records what a session sends to the client, with the time it was sent."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from rspp.events import AudioOut, Event
+
+__all__ = ["RecordingSink"]
+
+
+class RecordingSink:
+    """Records every event sent to it as ``(time_ns, event)``; lets a test wait for one."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, Event]] = []
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def send(self, event: Event) -> None:
+        loop = asyncio.get_running_loop()
+        self.records.append((round(loop.time() * 1e9), event))
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    @property
+    def events(self) -> list[Event]:
+        return [ev for _, ev in self.records]
+
+    def of_kind(self, kind: str) -> list[Event]:
+        """Every recorded event of ``kind``."""
+        return [ev for _, ev in self.records if ev.kind == kind]
+
+    def audio(self, turn: int | None = None) -> list[AudioOut]:
+        """Audio frames received (optionally of one turn)."""
+        return [
+            ev
+            for _, ev in self.records
+            if isinstance(ev, AudioOut) and (turn is None or ev.turn == turn)
+        ]
+
+    def audio_ms(self, turn: int | None = None) -> float:
+        """Milliseconds of audio received."""
+        return sum(f.duration_ns for f in self.audio(turn)) / 1e6
+
+    def pcm(self) -> bytes:
+        """All audio received, concatenated (what the user heard, without the gaps)."""
+        return b"".join(f.pcm for f in self.audio())
+
+    @property
+    def replies_ended(self) -> int:
+        """Replies that were played out or interrupted."""
+        return sum(1 for _, ev in self.records if ev.kind in ("turn.done", "turn.interrupted"))
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` is true (checked after each event received).
+
+        Bound it with ``asyncio.timeout`` where the event might never come.
+        """
+        while not predicate():
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
