@@ -213,9 +213,10 @@ async def running_pipeline(processors: Sequence[FrameProcessor]) -> AsyncIterato
     )
     started = asyncio.Event()
 
-    @worker.event_handler("on_pipeline_started")
     async def _on_started(_worker: PipelineWorker, _frame: Frame) -> None:
         started.set()
+
+    worker.add_event_handler("on_pipeline_started", _on_started)
 
     runner = WorkerRunner(handle_sigint=False)
     await runner.add_workers(worker)
@@ -425,7 +426,7 @@ class BargeInSource(FrameProcessor):
         await super().process_frame(frame, direction)
         if isinstance(frame, BargeInFrame):
             self._recorder.current.t0_ns = time.perf_counter_ns()
-            await self.broadcast_interruption()
+            await self.broadcast_interruption()  # type: ignore[no-untyped-call]
         else:
             await self.push_frame(frame, direction)
 

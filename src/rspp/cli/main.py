@@ -58,9 +58,8 @@ def _demo(args: argparse.Namespace) -> int:
         )
     console.print(table)
     drops = result.stats.dropped("fenced")
-    console.print(
-        f"Stale events fenced after barge-in: {drops}; node errors: {sum(result.stats.errors.values())}"
-    )
+    errors = result.stats.errors.total()
+    console.print(f"Stale events fenced after barge-in: {drops}; node errors: {errors}")
     if args.out:
         for path in write_outputs(result, Path(args.out)):
             console.print(f"wrote {path}")

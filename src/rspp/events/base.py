@@ -23,7 +23,7 @@ from the event that caused it, so node code never has to fill them in.
 from __future__ import annotations
 
 import enum
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import msgspec
 
@@ -45,6 +45,9 @@ ABI_VERSION = "1.0"
 
 #: Header field names, in wire order.
 HEADER_FIELDS = ("session", "turn", "seq", "origin_ns")
+#: Header integers are unsigned and fit in 63 bits (any language's int64).
+HEADER_INT_MAX = 2**63 - 1
+HeaderInt = Annotated[int, msgspec.Meta(ge=0, le=HEADER_INT_MAX)]
 
 
 class Lane(enum.IntEnum):
@@ -71,11 +74,11 @@ class Event(msgspec.Struct, tag_field="kind", gc=False):
     #: Session id; stamped by the runtime.
     session: str = ""
     #: Turn (epoch) number, from 1; 0 on a fresh event means "inherit from the cause".
-    turn: int = 0
+    turn: HeaderInt = 0
     #: Per-session emission sequence number, from 1; 0 means "not yet emitted".
-    seq: int = 0
+    seq: HeaderInt = 0
     #: Monotonic time (ns) of the input that caused this event; 0 means "inherit".
-    origin_ns: int = 0
+    origin_ns: HeaderInt = 0
 
 
 class UnknownEvent(Event, tag=False):

@@ -17,7 +17,14 @@ from typing import Any, Union
 
 import msgspec
 
-from rspp.events.base import HEADER_FIELDS, Event, UnknownEvent, known_kinds, registry_version
+from rspp.events.base import (
+    HEADER_FIELDS,
+    HEADER_INT_MAX,
+    Event,
+    UnknownEvent,
+    known_kinds,
+    registry_version,
+)
 
 __all__ = ["DecodeError", "JsonCodec", "MsgpackCodec", "decode", "encode"]
 
@@ -27,6 +34,27 @@ class DecodeError(ValueError):
 
 
 _HEADER_TYPES: dict[str, type] = {"session": str, "turn": int, "seq": int, "origin_ns": int}
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what MessagePack can carry
+_MAX_DEPTH = 64
+
+
+def _check_portable(value: Any, depth: int = 0) -> None:
+    """Reject what could not be re-encoded by both codecs (unknown kinds are passed on)."""
+    if depth > _MAX_DEPTH:
+        raise DecodeError(f"fields nested deeper than {_MAX_DEPTH} levels")
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int):
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise DecodeError("integer outside the 64-bit range")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise DecodeError(f"field names must be strings, got {type(key).__name__}")
+            _check_portable(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_portable(item, depth + 1)
 
 
 def _unknown_from(obj: Any, cause: Exception) -> UnknownEvent:
@@ -48,8 +76,11 @@ def _unknown_from(obj: Any, cause: Exception) -> UnknownEvent:
                 raise DecodeError(
                     f"invalid {kind!r} event: header field `{name}` must be {want.__name__}"
                 ) from cause
+            if isinstance(value, int) and not 0 <= value <= HEADER_INT_MAX:
+                raise DecodeError(f"invalid {kind!r} event: `{name}` out of range") from cause
             header[name] = value
     fields = {k: v for k, v in obj.items() if k != "kind" and k not in _HEADER_TYPES}
+    _check_portable(fields)
     return UnknownEvent(kind=kind, fields=fields, **header)
 
 
@@ -82,15 +113,16 @@ class _Codec:
         try:
             return self._typed().decode(data)  # type: ignore[no-any-return]
         except msgspec.ValidationError as exc:
+            # Perhaps a kind from a newer peer: look at it generically.
             try:
                 obj = self._generic.decode(data)
-            except msgspec.DecodeError as exc2:  # pragma: no cover - typed decode would say so
-                raise DecodeError(str(exc2)) from exc2
+            except (msgspec.DecodeError, ValueError, RecursionError) as exc2:
+                raise DecodeError(f"malformed message: {exc2}") from exc2
             return _unknown_from(obj, exc)
         except msgspec.DecodeError as exc:
             raise DecodeError(f"malformed message: {exc}") from exc
-        except (ValueError, TypeError, OverflowError) as exc:
-            # __post_init__ checks and out-of-range numbers surface here on some inputs.
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            # __post_init__ checks, bad UTF-8, absurd nesting surface here.
             raise DecodeError(f"invalid event: {exc}") from exc
 
 

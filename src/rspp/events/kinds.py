@@ -6,7 +6,7 @@ units, lanes, ordering). Keep the two in step.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import msgspec
 
@@ -39,12 +39,16 @@ __all__ = [
 # --------------------------------------------------------------------------- audio
 
 
+SampleRate = Annotated[int, msgspec.Meta(ge=1000, le=384_000)]
+Channels = Annotated[int, msgspec.Meta(ge=1, le=32)]
+
+
 class _Pcm(Event, kw_only=True):
     """Interleaved little-endian signed 16-bit PCM."""
 
     pcm: bytes
-    sample_rate: int = 16000
-    channels: int = 1
+    sample_rate: SampleRate = 16000
+    channels: Channels = 1
 
     @property
     def samples(self) -> int:

@@ -72,6 +72,12 @@ class NodeRegistry:
         self._classes[name] = cls
         return cls
 
+    def copy(self) -> NodeRegistry:
+        """An independent registry with the same types (add test or app types to it freely)."""
+        clone = NodeRegistry(self._lazy)
+        clone._classes.update(self._classes)
+        return clone
+
     def names(self) -> list[str]:
         """Every registered type name."""
         return sorted({*self._classes, *self._lazy})

@@ -252,7 +252,8 @@ class Session:
         match the spec's format. A rejected event raises :class:`InvalidInput`
         and is counted; the session carries on. Control-lane events (a client's
         "stop") are acted on at once. The header is the session's to assign: only
-        a non-zero ``origin_ns`` (capture time, in this session's clock) is kept.
+        a non-zero ``origin_ns`` (capture time, in this session's clock) is kept,
+        and the ``turn`` of a control event (the turn a cancel targets).
         """
         if not self._running:
             raise SessionClosed(f"session {self.id} is not running")
@@ -263,8 +264,8 @@ class Session:
                 raise InvalidInput(f"{event.kind!r} is not an input kind of {self.pipeline.name!r}")
             if cls is AudioIn:
                 self._check_audio(event)  # type: ignore[arg-type]
+            event.turn = 0
         event.session = self.id
-        event.turn = 0
         event.seq = 0
         self.emit(self._ingress, event, None)
 
