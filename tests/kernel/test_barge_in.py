@@ -16,7 +16,7 @@ from rspp.events import (
 from rspp.testing import FakeLlm, FakeTts, RecordingSink, run_virtual, tick
 from rspp.testing.fakes import FakeLlmStream
 
-from .helpers import barge_in_pipeline
+from .helpers import barge_in_pipeline, make_pipeline
 
 LONG_REPLY = " ".join(f"This is sentence number {i} of a very long answer." for i in range(40))
 
@@ -189,5 +189,42 @@ def test_generators_that_ignore_cancellation_produce_at_most_the_current_item() 
             assert len(sink.audio(1)) == frames
             assert stream.closed
             assert session.stats.errors.total() == 0
+
+    run_virtual(main())
+
+
+def test_the_kernel_fences_an_output_that_ignores_interruptions() -> None:
+    pipeline = make_pipeline(
+        [
+            {
+                "name": "llm",
+                "type": "fake_llm",
+                "inputs": ["input"],
+                "config": {"replies": [LONG_REPLY]},
+            },
+            {"name": "tts", "type": "fake_tts", "inputs": ["llm"], "config": {"rtf": 0.01}},
+            {"name": "naive", "type": "naive_output", "inputs": ["tts"], "sink": "client"},
+        ],
+        inputs=("turn.commit",),
+    )
+    sink = RecordingSink()
+
+    async def main() -> None:
+        async with pipeline.session(sinks={"client": sink}) as session:
+            session.push(TurnCommit(text="go"))
+            await asyncio.sleep(2.0)
+            frames = len(sink.audio(1))
+            assert frames > 0
+            session.push(Interrupt())
+            naive = session.node("naive")
+            emitted_at_interrupt = naive.emitted
+            await asyncio.sleep(5.0)
+            # The node went on playing its private queue ...
+            assert naive.emitted > emitted_at_interrupt
+            # ... and none of it reached the client.
+            assert len(sink.audio(1)) == frames
+            assert session.stats.drops[("naive", "audio.out", "fenced")] == (
+                naive.emitted - emitted_at_interrupt
+            )
 
     run_virtual(main())

@@ -575,3 +575,14 @@ def test_children_and_downstream() -> None:
     assert plans["src"].downstream == frozenset({"a", "bc", "tap", "o", "b"})
     assert plans["a"].downstream == frozenset({"bc"})
     assert plans["b"].downstream == frozenset()
+
+
+def test_a_cycle_is_reported_alongside_other_problems() -> None:
+    s = spec(
+        node("a", "nosuch", INPUT),
+        node("x", "tap", INPUT, "y"),
+        node("y", "tap", "x"),
+    )
+    problems = problems_of(s, registry())
+    one_problem_with(problems, "'a'", "unknown node type")
+    one_problem_with(problems, "cycle", "x", "y")

@@ -483,3 +483,20 @@ def test_invariants_under_random_inputs(ops: list[tuple[str, int]]) -> None:
         for op, arg in [("commit_epoch", 0), ("interrupt", 0), ("cancel", 1), ("close", 0)]:
             with pytest.raises(TurnProtocolError):
                 _apply(m, op, arg)
+
+
+@pytest.mark.parametrize(
+    "snap",
+    [
+        TurnSnapshot("responding", epoch=3, active=0, fence=0),  # responding to nothing
+        TurnSnapshot("responding", epoch=3, active=1, fence=0),  # active is not epoch - 1
+        TurnSnapshot("responding", epoch=3, active=2, fence=2),  # active already fenced
+        TurnSnapshot("listening", epoch=3, active=2, fence=0),  # listening with an active turn
+        TurnSnapshot("listening", epoch=0, active=0, fence=0),  # epochs start at 1
+        TurnSnapshot("listening", epoch=3, active=0, fence=4),  # fence ahead of the epoch
+        TurnSnapshot("dreaming", epoch=3, active=0, fence=0),  # no such state
+    ],
+)
+def test_an_inconsistent_snapshot_is_refused(snap: TurnSnapshot) -> None:
+    with pytest.raises(TurnProtocolError):
+        TurnMachine.restore(snap)

@@ -153,3 +153,32 @@ class StubbornRun(Node[NodeConfig]):
                 if self.swallowed:
                     raise
                 self.swallowed += 1
+
+
+@registry.register("naive_output")
+class NaiveOutput(Node[NodeConfig]):
+    """An output that knows nothing of interruptions: no clear_buffer, plays everything.
+
+    The kernel alone must keep the audio of an interrupted turn from the client.
+    """
+
+    consumes: ClassVar[tuple[str, ...]] = ("tts.audio", "tts.done")
+    produces: ClassVar[tuple[str, ...]] = ("audio.out",)
+
+    def __init__(self, config: NodeConfig, ctx: Any) -> None:
+        super().__init__(config, ctx)
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.emitted = 0
+
+    def on_event(self, event: Event) -> None:
+        self.queue.put_nowait(event)
+
+    async def run(self) -> None:
+        from rspp.events import AudioOut, TtsAudio
+
+        while True:
+            chunk = await self.queue.get()
+            if isinstance(chunk, TtsAudio):
+                await asyncio.sleep(chunk.duration_ns / 1e9)
+                self.emitted += 1
+                self.emit(AudioOut(pcm=chunk.pcm, text=chunk.text, turn=chunk.turn), chunk)

@@ -60,7 +60,11 @@ class NodePlan:
 
 @dataclass(frozen=True)
 class Pipeline:
-    """A validated pipeline: shareable by any number of sessions, never mutated."""
+    """A validated pipeline, shareable by any number of sessions.
+
+    Its plan never changes; only the route cache grows when a kind appears
+    that no node declared (the routes it caches are a pure function of the plan).
+    """
 
     spec: PipelineSpec
     nodes: tuple[NodePlan, ...]  # topological order
@@ -167,17 +171,21 @@ def build(spec: PipelineSpec, registry: NodeRegistry | None = None) -> Pipeline:
         for up in node.inputs:
             if up != INPUT and up not in known_names:
                 problems.append(f"node {node.name!r}: input {up!r} is not a node of this pipeline")
-            if up == node.name:
+            if up == node.name and up != INPUT:
                 problems.append(f"node {node.name!r}: wired to itself")
 
+    # The cycle check runs whatever else is wrong (on the wires that make sense).
+    graph = {
+        node.name: {i for i in node.inputs if i in known_names and i not in (INPUT, node.name)}
+        for node in spec.nodes
+        if node.name != INPUT
+    }
     order: list[str] = []
-    if not problems:
-        graph = {node.name: {i for i in node.inputs if i != INPUT} for node in spec.nodes}
-        try:
-            order = list(TopologicalSorter(graph).static_order())
-        except CycleError as exc:
-            cycle = " -> ".join(exc.args[1])
-            problems.append(f"the wiring has a cycle: {cycle}")
+    try:
+        order = list(TopologicalSorter(graph).static_order())
+    except CycleError as exc:
+        cycle = " -> ".join(exc.args[1])
+        problems.append(f"the wiring has a cycle: {cycle}")
 
     if problems:
         raise BuildError(problems)

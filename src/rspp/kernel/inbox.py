@@ -48,7 +48,13 @@ class Inbox:
         return iter(self._items)
 
     @property
+    def full(self) -> bool:
+        """At or over capacity: streams feeding it are not pulled."""
+        return len(self._items) >= self.capacity
+
+    @property
     def overfull(self) -> bool:
+        """Over capacity (inline cascades admit ``block`` events beyond it)."""
         return len(self._items) > self.capacity
 
     def put(self, event: Event) -> str:

@@ -161,7 +161,7 @@ class NodeRunner:
                     break
                 session.emit(self, out, cause)
                 for target in self._downstream_queued:
-                    if target.inbox.overfull:  # type: ignore[union-attr]
+                    if target.inbox.full:  # type: ignore[union-attr]
                         await target.inbox.wait_space()  # type: ignore[union-attr]
         finally:
             try:

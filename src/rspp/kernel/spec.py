@@ -39,7 +39,9 @@ class Policy(enum.StrEnum):
     ``drop_oldest``: drop the oldest queued event of the same kind (real-time
     input: latency never accumulates). ``drop_newest``: drop the incoming event.
     ``latest``: keep only the newest event of this kind queued, full or not
-    (superseding data such as partial transcripts).
+    (superseding data such as partial transcripts); with none of its kind
+    queued it is admitted even over capacity, so it overshoots by at most one
+    event per ``latest`` kind.
     """
 
     BLOCK = "block"

@@ -38,6 +38,12 @@ RESPONDING   CLOSE        CLOSED       FENCE CLEAR CANCEL RECORD
 CLOSED       any          --           TurnProtocolError
 ===========  ===========  ===========  ====================================
 
+Guards the table does not show: a commit of an already fenced turn, an
+interrupt while LISTENING and ``played`` of a turn that is not active are
+stale and do nothing; a cancel is capped to committed turns, and cancelling a
+turn older than the active reply only raises the fence (the active reply goes
+on, state unchanged).
+
 The action order is the cancellation-first order: fence first (from that
 instant no event of the turn is delivered anywhere), then clear the output
 buffers, then cancel the generating work, then record what was delivered.
@@ -112,7 +118,7 @@ class Decision:
 
     @property
     def accepted(self) -> bool:
-        """Whether the input changed anything."""
+        """Whether the shell has anything to do (``played`` changes state without actions)."""
         return bool(self.actions)
 
 
@@ -197,8 +203,20 @@ class TurnMachine:
 
     @classmethod
     def restore(cls, snap: TurnSnapshot) -> TurnMachine:
+        """A machine in the snapshot's state; an inconsistent snapshot is refused."""
+        try:
+            state = State(snap.state)
+        except ValueError:
+            raise TurnProtocolError(f"snapshot has unknown state {snap.state!r}") from None
+        consistent = snap.epoch >= 1 and 0 <= snap.fence <= snap.epoch
+        if state is State.RESPONDING:
+            consistent = consistent and snap.fence < snap.active == snap.epoch - 1
+        else:
+            consistent = consistent and snap.active == 0
+        if not consistent:
+            raise TurnProtocolError(f"inconsistent turn snapshot: {snap}")
         machine = cls()
-        machine.state = State(snap.state)
+        machine.state = state
         machine.epoch, machine.active, machine.fence = snap.epoch, snap.active, snap.fence
         return machine
 
