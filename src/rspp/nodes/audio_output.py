@@ -97,10 +97,15 @@ class AudioOutput(Node[AudioOutputConfig]):
 
     def on_control(self, event: Event) -> None:
         if isinstance(event, ClearBuffer):
-            kept = [item for item in self._buffer if item.turn > event.turn]
-            self._buffer.clear()
-            self._buffer.extend(kept)
-            self._buffered_ns = sum(f.duration_ns for f in kept if isinstance(f, AudioOut))
+            buffer = self._buffer
+            if buffer and buffer[-1].turn <= event.turn:
+                buffer.clear()  # the usual case: everything buffered is stale
+                self._buffered_ns = 0
+            else:
+                kept = [item for item in buffer if item.turn > event.turn]
+                buffer.clear()
+                buffer.extend(kept)
+                self._buffered_ns = sum(f.duration_ns for f in kept if isinstance(f, AudioOut))
             for turn in [t for t in self._sent_ns if t <= event.turn]:
                 del self._sent_ns[turn]
             self._next_ns = 0

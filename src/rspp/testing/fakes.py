@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
@@ -151,6 +152,7 @@ class FakeLlmStream:
         self.closed = False
         self.closed_tick = 0
         self.closed_at: float | None = None  # loop time
+        self.closed_perf_ns = 0  # perf_counter_ns at close (real time, for benchmarks)
 
     def __aiter__(self) -> FakeLlmStream:
         return self
@@ -169,6 +171,7 @@ class FakeLlmStream:
             self.closed = True
             self.closed_tick = tick()
             self.closed_at = asyncio.get_running_loop().time()
+            self.closed_perf_ns = time.perf_counter_ns()
 
     async def __aenter__(self) -> FakeLlmStream:
         return self
