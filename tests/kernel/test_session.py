@@ -369,3 +369,24 @@ def test_control_events_reach_listeners_and_sinks_synchronously() -> None:
             assert len(session.runner("slow").inbox) == 20  # none of the data moved yet
 
     run_virtual(main())
+
+
+def test_a_shared_sink_sees_events_in_seq_order_through_inline_cascades() -> None:
+    pipeline = make_pipeline(
+        [
+            {"name": "p", "type": "passthrough", "inputs": ["input"], "sink": "client"},
+            {"name": "answer", "type": "stamp_check", "inputs": ["p"], "sink": "client"},
+        ],
+        inputs=("turn.commit",),
+    )
+    sink = RecordingSink()
+
+    async def main() -> None:
+        async with pipeline.session(sinks={"client": sink}) as session:
+            session.push(TurnCommit(text="hi"))
+        kinds = [ev.kind for ev in sink.events]
+        assert kinds[1:3] == ["turn.commit", "llm.delta"]  # cause before effect
+        seqs = [ev.seq for ev in sink.events]
+        assert seqs == sorted(seqs)
+
+    run_virtual(main())

@@ -317,11 +317,8 @@ class Session:
         if source is None:
             self._notify_observers(event)
             return
-        targets = source.routes.get(event.kind)
-        if targets is None:
-            targets = source.route(event.kind)
-        for target in targets:
-            target.deliver(event)
+        # Sink and observers first, then the consumers: whatever the consumers emit in
+        # turn comes after this event everywhere (sinks see seq in order).
         sink = source.sink_target
         if sink is not None:
             if cls is AudioOut:
@@ -329,6 +326,11 @@ class Session:
             sink.send(event)
         if self._observers:
             self._notify_observers(event)
+        targets = source.routes.get(event.kind)
+        if targets is None:
+            targets = source.route(event.kind)
+        for target in targets:
+            target.deliver(event)
 
     def _milestone(self, source: NodeRunner | None, event: Event) -> bool:
         """Latency marks, and the commit hook. False if the event must be dropped."""
