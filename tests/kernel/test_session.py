@@ -384,6 +384,9 @@ def test_a_shared_sink_sees_events_in_seq_order_through_inline_cascades() -> Non
     async def main() -> None:
         async with pipeline.session(sinks={"client": sink}) as session:
             session.push(TurnCommit(text="hi"))
+            # Forwarding the commit did not commit the turn a second time.
+            assert session.stats.rejected == {}
+            assert session.turns.epoch == 2
         kinds = [ev.kind for ev in sink.events]
         assert kinds[1:3] == ["turn.commit", "llm.delta"]  # cause before effect
         seqs = [ev.seq for ev in sink.events]

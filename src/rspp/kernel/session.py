@@ -290,8 +290,14 @@ class Session:
     # -- the emission path (hot) ---------------------------------------------------------
 
     def emit(self, source: NodeRunner | None, event: Event, cause: Event | None) -> None:
-        """Stamp, check and route one event. ``source`` None means the kernel itself."""
-        if event.seq == 0:
+        """Stamp, check and route one event. ``source`` None means the kernel itself.
+
+        The kernel's hooks (the turn machine, latency marks, control actions) act on
+        an event once, when it is first emitted; a node that forwards an event it
+        received (same object, ``seq`` already set) only routes it further.
+        """
+        fresh = event.seq == 0
+        if fresh:
             event.session = self.id
             if cause is not None:
                 if event.turn == 0:
@@ -307,12 +313,13 @@ class Session:
             event.seq = self._seq
         cls = event.__class__
         if cls.lane:
-            self._control(source, event)
+            if fresh:
+                self._control(source, event)
             return
         if cls.fenced and event.turn <= self.fence:
             self.count_drop(source.name if source else "kernel", event.kind, "fenced")
             return
-        if cls.milestone and not self._milestone(source, event):
+        if cls.milestone and fresh and not self._milestone(source, event):
             return
         if source is None:
             self._notify_observers(event)
