@@ -23,6 +23,8 @@ def _demo(args: argparse.Namespace) -> int:
     from rspp.demo import run_demo, write_outputs
 
     console = Console()
+    if not console.is_terminal:  # a log or a pipe: do not wrap the table at 80 columns
+        console = Console(width=110)
     mode = "virtual time" if args.virtual else "real time"
     console.print(f"[bold]RSPP demo[/bold]: a scripted call through the kernel ({mode}).")
     console.print(

@@ -1,0 +1,112 @@
+"""A session resumes from a snapshot plus the input after it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from rspp.demo import DEMO_SCRIPT
+from rspp.events import LlmDelta, TurnCommit
+from rspp.kernel import InvalidInput, Pipeline, SessionSnapshot, build, load_spec
+from rspp.testing import RecordingSink, ScriptedCaller, Utterance, run_virtual
+
+from .helpers import make_pipeline
+
+
+def demo_pipeline() -> Pipeline:
+    from importlib.resources import files
+
+    spec = load_spec(Path(str(files("rspp.pipelines") / "demo.toml")))
+    for node in spec.nodes:
+        if node.name == "asr":
+            node.config["script"] = [user for user, _, _ in DEMO_SCRIPT]
+        elif node.name == "llm":
+            node.config["replies"] = [reply for _, _, reply in DEMO_SCRIPT]
+    return build(spec)
+
+
+def utterances(lines: list[tuple[str, float | None, str]]) -> list[Utterance]:
+    return [Utterance(user, barge_in_after_ms=barge) for user, barge, _ in lines]
+
+
+async def converse(
+    pipeline: Pipeline, script: list[Utterance], snapshot: SessionSnapshot | None = None
+) -> tuple[dict[int, str], SessionSnapshot]:
+    """Run a script; return the reply text of each turn and a snapshot taken at the end."""
+    sink = RecordingSink()
+    replies: dict[int, str] = {}
+
+    def collect(ev: object) -> None:
+        if isinstance(ev, LlmDelta):
+            replies[ev.turn] = replies.get(ev.turn, "") + ev.text
+
+    async with pipeline.session(
+        "call-1", sinks={"client": sink}, observers=[collect], snapshot=snapshot
+    ) as session:
+        await ScriptedCaller(session, sink, script).play()
+        snap = session.snapshot()
+    return replies, snap
+
+
+def test_a_conversation_resumes_from_a_snapshot_in_a_new_session() -> None:
+    pipeline = demo_pipeline()
+    whole, _ = run_virtual(converse(pipeline, utterances(DEMO_SCRIPT)))
+
+    first, snap = run_virtual(converse(pipeline, utterances(DEMO_SCRIPT[:2])))
+    # The snapshot crosses a process boundary as bytes.
+    wire = msgspec.msgpack.encode(snap)
+    restored = msgspec.msgpack.decode(wire, type=SessionSnapshot)
+    assert restored.turns.epoch == 3 and restored.seq == snap.seq
+    rest, _ = run_virtual(converse(pipeline, utterances(DEMO_SCRIPT[2:]), snapshot=restored))
+
+    assert set(first) == {1, 2} and set(rest) == {3, 4}
+    assert {**first, **rest} == whole
+
+
+def test_queued_events_survive_a_snapshot() -> None:
+    pipeline = make_pipeline(
+        [
+            {
+                "name": "slow",
+                "type": "slow_relay",
+                "inputs": ["input"],
+                "config": {"delay_ms": 100},
+            },
+            {"name": "sink", "type": "collect", "inputs": ["slow"]},
+        ],
+        inputs=("turn.commit",),
+    )
+
+    async def first() -> SessionSnapshot:
+        async with pipeline.session("s") as session:
+            session.push(TurnCommit(text="a"))
+            await asyncio.sleep(0.01)  # "a" is in flight
+            session.runner("slow").inbox.put(TurnCommit(text="queued", turn=1, seq=99))
+            snap = session.snapshot()
+            assert list(snap.pending) == ["slow"] and "slow" in snap.in_flight
+            return snap
+
+    async def second(snap: SessionSnapshot) -> list[str]:
+        async with pipeline.session(snapshot=snap) as session:
+            assert session.id == "s"
+            await asyncio.sleep(0.5)
+            return [ev.text for ev in session.node("sink").seen]
+
+    snap = run_virtual(first())
+    assert run_virtual(second(snap)) == ["queued"]
+
+
+def test_a_snapshot_of_another_pipeline_is_refused() -> None:
+    pipeline = demo_pipeline()
+    _, snap = run_virtual(converse(pipeline, utterances(DEMO_SCRIPT[:1])))
+    other = make_pipeline([{"name": "p", "type": "passthrough", "inputs": ["input"]}])
+
+    async def main() -> None:
+        with pytest.raises(InvalidInput, match="cannot be restored"):
+            async with other.session(snapshot=snap):
+                pass
+
+    run_virtual(main())
