@@ -10,15 +10,20 @@ Barge-in: on ``control.clear_buffer`` the buffered frames of the cleared turns
 are dropped at once and the pacing restarts, so the next reply starts without
 waiting out the old schedule. (Even a frame already taken off the buffer
 cannot leak: the kernel drops ``audio.out`` of a fenced turn at emission.)
-When the last frame of a turn that TTS declared done has gone out, the node
-emits ``turn.done``.
+When the last frame of a turn that TTS declared done has finished playing
+(its send time plus its duration, so a barge-in during the last frame still
+counts), the node emits ``turn.done``. With ``lead_ms`` > 0 the client holds up
+to that much audio not yet played: it counts as delivered, and the client drops
+it on ``control.clear_buffer``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
+
+from msgspec import Meta
 
 from rspp.events import AudioOut, ClearBuffer, Event, TtsAudio, TtsDone, TurnDone
 from rspp.kernel.node import Node, NodeConfig
@@ -32,12 +37,12 @@ _SLACK_NS = 50_000
 
 
 class AudioOutputConfig(NodeConfig):
-    #: Playout frame duration.
-    frame_ms: float = 20.0
+    #: Playout frame duration (at least 1 ms: one sample at the lowest ABI rate).
+    frame_ms: Annotated[float, Meta(ge=1.0, le=1000.0)] = 20.0
     #: How far ahead of real time frames are released.
-    lead_ms: float = 0.0
+    lead_ms: Annotated[float, Meta(ge=0.0, le=10_000.0)] = 0.0
     #: Buffered audio beyond this is refused (logged): a bound on memory.
-    max_buffer_ms: float = 120_000.0
+    max_buffer_ms: Annotated[float, Meta(gt=0.0)] = 120_000.0
 
 
 class AudioOutput(Node[AudioOutputConfig]):
@@ -121,15 +126,20 @@ class AudioOutput(Node[AudioOutputConfig]):
                 await self._sleep(loop, None)
                 continue
             now = self.ctx.now_ns()
+            item = self._buffer[0]
+            if isinstance(item, TtsDone):
+                if self._next_ns - now > _SLACK_NS:  # the last frame is still playing
+                    await self._sleep(loop, self._next_ns / 1e9)
+                    continue
+                self._buffer.popleft()
+                sent = self._sent_ns.pop(item.turn, 0)
+                self.emit(TurnDone(turn=item.turn, delivered_ms=sent / 1e6), item)
+                continue
             due = max(self._next_ns, now)
             if due - lead_ns - now > _SLACK_NS:
                 await self._sleep(loop, (due - lead_ns) / 1e9)
                 continue  # the buffer may have changed while we slept
-            item = self._buffer.popleft()
-            if isinstance(item, TtsDone):
-                sent = self._sent_ns.pop(item.turn, 0)
-                self.emit(TurnDone(turn=item.turn, delivered_ms=sent / 1e6), item)
-                continue
+            self._buffer.popleft()
             self._buffered_ns -= item.duration_ns
             self._sent_ns[item.turn] = self._sent_ns.get(item.turn, 0) + item.duration_ns
             self._next_ns = due + item.duration_ns

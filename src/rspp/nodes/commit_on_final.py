@@ -6,7 +6,9 @@ false-interruption handling), which replaces it.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
+
+from msgspec import Meta
 
 from rspp.events import AsrFinal, Event, TurnCommit
 from rspp.kernel.node import Node, NodeConfig
@@ -16,7 +18,7 @@ __all__ = ["CommitOnFinal"]
 
 class CommitOnFinalConfig(NodeConfig):
     #: Finals shorter than this (after stripping) do not end a turn (noise, empty results).
-    min_chars: int = 1
+    min_chars: Annotated[int, Meta(ge=0)] = 1
 
 
 class CommitOnFinal(Node[CommitOnFinalConfig]):

@@ -14,9 +14,10 @@ the VAD's own hangover shows up in the latency breakdown.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
+from msgspec import Meta
 
 from rspp.events import AudioIn, Event, Interrupt, TurnStart, VadSpeechEnd, VadSpeechStart
 from rspp.kernel.node import Node, NodeConfig
@@ -37,11 +38,11 @@ def rms_dbfs(pcm: bytes) -> float:
 
 class EnergyVadConfig(NodeConfig):
     #: Frames at or above this RMS level (dBFS) count as voiced.
-    threshold_db: float = -45.0
+    threshold_db: Annotated[float, Meta(le=0.0)] = -45.0
     #: Voiced audio needed before speech is declared (rejects clicks).
-    start_ms: float = 60.0
+    start_ms: Annotated[float, Meta(ge=0.0)] = 60.0
     #: Unvoiced audio needed before speech is declared over.
-    hangover_ms: float = 300.0
+    hangover_ms: Annotated[float, Meta(gt=0.0)] = 300.0
     #: Emit ``control.interrupt`` when speech starts.
     interrupt: bool = True
 

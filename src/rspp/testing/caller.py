@@ -85,7 +85,7 @@ class ScriptedCaller:
         return self.spoken
 
     def _replies_started(self) -> int:
-        return len({frame.turn for frame in self.sink.audio()})
+        return len(self.sink.audio_turns)
 
     async def _frame(self, pcm: bytes) -> None:
         self.session.push(AudioIn(pcm=pcm, sample_rate=self._rate))
@@ -111,11 +111,15 @@ class ScriptedCaller:
 
     async def _say(self, utterance: Utterance, seed: int) -> None:
         words = len(utterance.text.split())
-        duration = utterance.duration_ms or max(300.0, words * self.ms_per_word)
+        duration = utterance.duration_ms
+        if duration is None:
+            duration = max(300.0, words * self.ms_per_word)
         pcm = speech_like(duration, self._rate, level_db=self.level_db, seed=seed)
-        start = self.session.now_ns()
         step = self._frame_bytes
-        for offset in range(0, len(pcm) - step + 1, step):
+        if len(pcm) % step:  # the last frame is padded with silence, not cut
+            pcm += bytes(step - len(pcm) % step)
+        start = self.session.now_ns()
+        for offset in range(0, len(pcm), step):
             await self._frame(pcm[offset : offset + step])
         self.spoken.append(
             Spoken(

@@ -7,9 +7,13 @@ do but wait for a timer, time jumps straight to that timer. A conversation
 that takes a minute of wall-clock time runs in milliseconds, and the same
 script produces the same timeline on every run.
 
-Real I/O still works (sockets are polled without blocking before each jump).
-Work done in threads is not virtual: if the loop idles on a thread and no
-timer is pending, it waits for the thread in real time.
+Real I/O still works (sockets are polled without blocking before each jump),
+but it is not virtual: when a timer is pending, time jumps to it without
+waiting for a peer or a thread, so a real round trip can look like it took
+exactly as long as the next timer (an ``asyncio.timeout`` around real I/O may
+fire at once). With no timer pending the loop waits for the I/O or the thread
+in real time -- and forever, if nothing will ever come. Keep virtual-time
+tests to in-process fakes, as the kernel's tests do.
 """
 
 from __future__ import annotations

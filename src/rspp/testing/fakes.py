@@ -18,7 +18,9 @@ import itertools
 import re
 import time
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
+
+from msgspec import Meta
 
 from rspp.events import (
     AsrFinal,
@@ -67,11 +69,11 @@ class FakeAsrConfig(NodeConfig):
     #: The transcripts of the user's utterances, in order (the fake cannot listen).
     script: list[str] = []
     #: Speaking rate used to reveal words in partials, as speech audio arrives.
-    words_per_s: float = 3.0
+    words_per_s: Annotated[float, Meta(gt=0.0)] = 3.0
     #: Time from the end of speech to the final transcript.
-    final_ms: float = 200.0
+    final_ms: Annotated[float, Meta(ge=0.0)] = 200.0
     #: How many trailing words of a partial are not yet stable.
-    unstable_words: int = 1
+    unstable_words: Annotated[int, Meta(ge=0)] = 1
 
 
 class FakeAsr(Node[FakeAsrConfig]):
@@ -163,6 +165,8 @@ class FakeLlmStream:
             raise StopAsyncIteration
         if await _work(self.ttft_s if index == 0 else self.interval_s, self.ignore_cancel):
             self.ignored_cancels += 1
+        if self.closed:  # closed by someone else while we were computing
+            raise StopAsyncIteration
         self.produced.append((tick(), self.turn))
         return self.tokens[index]
 
@@ -182,10 +186,11 @@ class FakeLlmStream:
 
 class FakeLlmConfig(NodeConfig):
     #: Time to first token.
-    ttft_ms: float = 400.0
+    ttft_ms: Annotated[float, Meta(ge=0.0)] = 400.0
     #: Token rate after the first.
-    tokens_per_s: float = 40.0
-    #: Replies, used in turn (cycled); empty: a reply built from the user's words.
+    tokens_per_s: Annotated[float, Meta(gt=0.0)] = 40.0
+    #: Replies, one per commit this node handles, cycled (a commit that never reaches the
+    #: node does not use one up); empty: a reply built from the user's words.
     replies: list[str] = []
     #: Test knob: swallow cancellation and finish the current token anyway.
     ignore_cancel: bool = False
@@ -240,14 +245,14 @@ class FakeLlm(Node[FakeLlmConfig]):
 
 class FakeTtsConfig(NodeConfig):
     #: Time to first audio of each sentence.
-    ttfa_ms: float = 150.0
+    ttfa_ms: Annotated[float, Meta(ge=0.0)] = 150.0
     #: Real-time factor: compute time per second of audio after the first chunk.
-    rtf: float = 0.2
+    rtf: Annotated[float, Meta(ge=0.0)] = 0.2
     #: Spoken duration per character of text.
-    ms_per_char: float = 60.0
+    ms_per_char: Annotated[float, Meta(gt=0.0)] = 60.0
     #: Size of the audio chunks produced.
-    chunk_ms: float = 200.0
-    sample_rate: int = 16000
+    chunk_ms: Annotated[float, Meta(ge=1.0)] = 200.0
+    sample_rate: Annotated[int, Meta(ge=1000, le=384_000)] = 16000
     #: Test knob: swallow cancellation and finish the current chunk anyway.
     ignore_cancel: bool = False
 

@@ -16,10 +16,17 @@ class RecordingSink:
     def __init__(self) -> None:
         self.records: list[tuple[int, Event]] = []
         self._waiters: list[asyncio.Future[None]] = []
+        self._replies_ended = 0
+        #: Turns of which at least one audio frame arrived.
+        self.audio_turns: set[int] = set()
 
     def send(self, event: Event) -> None:
         loop = asyncio.get_running_loop()
         self.records.append((round(loop.time() * 1e9), event))
+        if isinstance(event, AudioOut):
+            self.audio_turns.add(event.turn)
+        elif event.kind in ("turn.done", "turn.interrupted"):
+            self._replies_ended += 1
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -52,7 +59,7 @@ class RecordingSink:
     @property
     def replies_ended(self) -> int:
         """Replies that were played out or interrupted."""
-        return sum(1 for _, ev in self.records if ev.kind in ("turn.done", "turn.interrupted"))
+        return self._replies_ended
 
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
         """Wait until ``predicate()`` is true (checked after each event received).
