@@ -205,6 +205,7 @@ async def interruption(trials: int, seed: int = 7) -> dict[str, float]:
     sink = PerfSink()
     latencies: list[float] = []
     closes: list[float] = []
+    silences: list[float] = []
     stale = 0
     async with pipeline.session("bench", sinks={"client": sink}) as session:
         llm: FakeLlm = session.node("llm")
@@ -224,7 +225,6 @@ async def interruption(trials: int, seed: int = 7) -> dict[str, float]:
                     break
             await asyncio.sleep(rng.uniform(0, 0.02))
             assert output.buffered_ms > 9000, "10 s must be buffered at the output"
-            gc.collect()
             seen = len(sink.records)
             t0 = time.perf_counter_ns()
             session.push(Interrupt())
@@ -234,6 +234,7 @@ async def interruption(trials: int, seed: int = 7) -> dict[str, float]:
             assert output.buffered_ms == 0
             latencies.append((max(t_silent, stream.closed_perf_ns) - t0) / 1e6)
             closes.append((stream.closed_perf_ns - t0) / 1e6)
+            silences.append((t_silent - t0) / 1e6)
             await asyncio.sleep(0.1)  # anything stale would have played by now
             stale += sum(
                 1 for t, ev in sink.records if ev.kind == "audio.out" and ev.turn == turn and t > t0
@@ -242,6 +243,8 @@ async def interruption(trials: int, seed: int = 7) -> dict[str, float]:
         "interrupt_ms_p50": statistics.median(latencies),
         "interrupt_ms_p99": pctl(latencies, 0.99),
         "llm_closed_ms_p50": statistics.median(closes),
+        "silent_ms_p50": statistics.median(silences),
+        "silent_ms_p99": pctl(silences, 0.99),
         "stale_frames": stale,
         "trials": trials,
     }
@@ -252,10 +255,15 @@ def run_pipecat(quick: bool) -> dict[str, Any] | None:
     if not python.exists():
         print(f"creating {PIPECAT_VENV.name} with pipecat-ai=={PIPECAT_VERSION} ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(PIPECAT_VENV)], check=True)
-        subprocess.run(
+        install = subprocess.run(
             [str(python), "-m", "pip", "install", "--quiet", f"pipecat-ai=={PIPECAT_VERSION}"],
-            check=True,
+            capture_output=True,
+            text=True,
+            check=False,
         )
+        if install.returncode != 0:
+            print(install.stdout, install.stderr, sep="\n", file=sys.stderr)
+            return None
     cmd = [str(python), str(ROOT / "benchmarks" / "pipecat_side.py")]
     if quick:
         cmd.append("--quick")
@@ -309,6 +317,8 @@ def main() -> None:
         "rspp_interrupt_ms_p50": round(barge["interrupt_ms_p50"], 4),
         "rspp_interrupt_ms_p99": round(barge["interrupt_ms_p99"], 4),
         "rspp_llm_closed_ms_p50": round(barge["llm_closed_ms_p50"], 4),
+        "rspp_silent_ms_p50": round(barge["silent_ms_p50"], 4),
+        "rspp_silent_ms_p99": round(barge["silent_ms_p99"], 4),
         "rspp_stale_frames": barge["stale_frames"],
         "rspp_dropped": inline["dropped"] + queued["dropped"],
     }
