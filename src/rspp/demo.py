@@ -12,15 +12,16 @@ import asyncio
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from rspp.events import Event, JsonCodec, LlmDelta, TurnCommit, TurnInterrupted
-from rspp.kernel import TurnLatency, build, load_spec
+from rspp.kernel import Pipeline, TurnLatency, build, load_spec
 from rspp.kernel.session import SessionStats
 from rspp.testing import RecordingSink, ScriptedCaller, Utterance, VirtualClock, wav_bytes
 
-__all__ = ["DEMO_SCRIPT", "DemoResult", "TurnReport", "run_demo"]
+__all__ = ["DEMO_SCRIPT", "DemoResult", "TurnReport", "demo_pipeline", "run_demo"]
 
 #: (what the caller says, barge in after ms or None, what the fake LLM answers)
 DEMO_SCRIPT: list[tuple[str, float | None, str]] = [
@@ -65,14 +66,27 @@ class DemoResult:
     events: list[Event] = field(default_factory=list)
 
 
-async def _converse(script: list[tuple[str, float | None, str]]) -> DemoResult:
+Script = list[tuple[str, float | None, str]]
+
+
+def demo_pipeline(script: Script = DEMO_SCRIPT, **llm_config: Any) -> Pipeline:
+    """The packaged demo pipeline with the fakes scripted for ``script``.
+
+    The fake ASR "hears" the user lines in order and the fake LLM answers with
+    the scripted replies; ``llm_config`` overrides more of the LLM's config.
+    """
     spec = load_spec(Path(str(files("rspp.pipelines") / "demo.toml")))
     for node in spec.nodes:
         if node.name == "asr":
             node.config["script"] = [user for user, _, _ in script]
         elif node.name == "llm":
             node.config["replies"] = [reply for _, _, reply in script]
-    pipeline = build(spec)
+            node.config.update(llm_config)
+    return build(spec)
+
+
+async def _converse(script: Script) -> DemoResult:
+    pipeline = demo_pipeline(script)
     sink = RecordingSink()
     events: list[Event] = []
     async with pipeline.session("demo", sinks={"client": sink}, observers=[events.append]) as s:

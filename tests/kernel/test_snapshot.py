@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import msgspec
 import pytest
 
-from rspp.demo import DEMO_SCRIPT
+from rspp.demo import DEMO_SCRIPT, demo_pipeline
 from rspp.events import LlmDelta, TurnCommit
-from rspp.kernel import InvalidInput, Pipeline, SessionSnapshot, build, load_spec
+from rspp.kernel import InvalidInput, Pipeline, SessionSnapshot
 from rspp.testing import RecordingSink, ScriptedCaller, Utterance, run_virtual
 
 from .helpers import make_pipeline
-
-
-def demo_pipeline() -> Pipeline:
-    from importlib.resources import files
-
-    spec = load_spec(Path(str(files("rspp.pipelines") / "demo.toml")))
-    for node in spec.nodes:
-        if node.name == "asr":
-            node.config["script"] = [user for user, _, _ in DEMO_SCRIPT]
-        elif node.name == "llm":
-            node.config["replies"] = [reply for _, _, reply in DEMO_SCRIPT]
-    return build(spec)
 
 
 def utterances(lines: list[tuple[str, float | None, str]]) -> list[Utterance]:

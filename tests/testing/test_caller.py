@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import time
-from importlib.resources import files
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from rspp.demo import demo_pipeline
 from rspp.events import Event, TurnCommit, TurnDone, TurnInterrupted
-from rspp.kernel import Pipeline, build, load_spec
 from rspp.testing import RecordingSink, ScriptedCaller, Spoken, Utterance, run_virtual
 
 MS = 1_000_000
@@ -30,18 +28,6 @@ SCRIPT: list[tuple[str, float | None, str]] = [
         "No problem. In London tomorrow expect showers and about twelve degrees.",
     ),
 ]
-
-
-def demo_pipeline(script: list[tuple[str, float | None, str]], **llm: Any) -> Pipeline:
-    """The packaged demo pipeline, configured as ``rspp.demo`` does it."""
-    spec = load_spec(Path(str(files("rspp.pipelines") / "demo.toml")))
-    for node in spec.nodes:
-        if node.name == "asr":
-            node.config["script"] = [user for user, _, _ in script]
-        elif node.name == "llm":
-            node.config["replies"] = [reply for _, _, reply in script]
-            node.config.update(llm)
-    return build(spec)
 
 
 class Played:

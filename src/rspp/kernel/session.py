@@ -298,19 +298,16 @@ class Session:
         """
         fresh = event.seq == 0
         if fresh:
-            event.session = self.id
-            if cause is not None:
+            if cause is None:
+                self._stamp(event)
+            else:
+                event.session = self.id
                 if event.turn == 0:
                     event.turn = cause.turn
                 if event.origin_ns == 0:
                     event.origin_ns = cause.origin_ns
-            else:
-                if event.turn == 0:
-                    event.turn = self.turns.epoch
-                if event.origin_ns == 0:
-                    event.origin_ns = self.now_ns()
-            self._seq += 1
-            event.seq = self._seq
+                self._seq += 1
+                event.seq = self._seq
         cls = event.__class__
         if cls.lane:
             if fresh:
@@ -440,6 +437,7 @@ class Session:
         self._notify_observers(event)
 
     def _stamp(self, event: Event) -> None:
+        """Stamp an event that has no cause: the current turn, the current time."""
         event.session = self.id
         if event.turn == 0:
             event.turn = self.turns.epoch
