@@ -23,11 +23,18 @@ def barge_in_pipeline(
     tts: dict[str, Any] | None = None,
     output: dict[str, Any] | None = None,
     relay_ms: float | None = None,
+    vad: bool = False,
 ) -> Pipeline:
-    """commit (pushed) -> fake LLM -> [slow relay] -> fake TTS -> audio output -> sink "client"."""
+    """commit (pushed) -> fake LLM -> [slow relay] -> fake TTS -> audio output -> sink "client".
+
+    With ``vad``, pushed user audio also goes through an energy VAD, whose speech
+    starts emit ``control.interrupt`` from inside the pipeline.
+    """
     nodes: list[dict[str, Any]] = [
         {"name": "llm", "type": "fake_llm", "inputs": ["input"], "config": llm or {}},
     ]
+    if vad:
+        nodes.append({"name": "vad", "type": "energy_vad", "inputs": ["input"]})
     upstream = "llm"
     if relay_ms is not None:
         nodes.append(
@@ -49,4 +56,5 @@ def barge_in_pipeline(
             "config": output or {},
         },
     ]
-    return make_pipeline(nodes, inputs=("turn.commit",))
+    inputs = ("turn.commit", "audio.in") if vad else ("turn.commit",)
+    return make_pipeline(nodes, inputs=inputs)

@@ -8,6 +8,7 @@ from rspp.events import (
     AudioOut,
     Cancel,
     ClearBuffer,
+    Event,
     Interrupt,
     TurnCommit,
     TurnDone,
@@ -226,5 +227,35 @@ def test_the_kernel_fences_an_output_that_ignores_interruptions() -> None:
             assert session.stats.drops[("naive", "audio.out", "fenced")] == (
                 naive.emitted - emitted_at_interrupt
             )
+
+    run_virtual(main())
+
+
+class BrokenSink(RecordingSink):
+    """A transport whose send fails on every control event."""
+
+    def send(self, event: Event) -> None:
+        super().send(event)
+        if event.kind.startswith(("control.", "turn.")):
+            raise ConnectionResetError("client went away")
+
+
+def test_a_failing_sink_does_not_stop_the_interrupt() -> None:
+    pipeline = barge_in_pipeline(llm={"ttft_ms": 50, "tokens_per_s": 20, "replies": [LONG_REPLY]})
+    sink = BrokenSink()
+
+    async def main() -> None:
+        async with pipeline.session(sinks={"client": sink}) as session:
+            session.push(TurnCommit(text="one"))
+            await asyncio.sleep(1.0)
+            frames = len(sink.audio(1))
+            session.push(Interrupt())  # every send of the interrupt's events raises
+            await asyncio.sleep(0)
+            assert session.node("output").buffered_ms == 0
+            assert session.node("llm").streams[0].closed
+            assert session.fence == 1
+            await asyncio.sleep(2.0)
+            assert len(sink.audio(1)) == frames
+            assert session.stats.errors["sink:client"] == 3  # interrupt, clear, interrupted
 
     run_virtual(main())

@@ -1,9 +1,11 @@
 """Property-based attack on cancellation-first consistency.
 
-Hypothesis generates a pipeline (LLM -> [slow relay] -> TTS -> output) with
-random latency profiles -- slow and fast stages, generators that swallow
-cancellation, output lead -- and a random schedule of commits, interrupts and
-cancels at random times. Whatever the interleaving:
+Hypothesis generates a pipeline (LLM -> [slow relay] -> TTS -> output, and a
+VAD on the user's audio) with random latency profiles -- slow and fast stages,
+generators that swallow cancellation, output lead -- and a random schedule of
+commits, client interrupts, cancels and user speech (which makes the VAD emit
+interrupts from inside the pipeline) at random times. Whatever the
+interleaving:
 
 1. after the kernel accepts an interruption (or cancel) of turn n, no audio of
    a turn <= n reaches the client;
@@ -19,11 +21,20 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from rspp.events import AudioOut, Cancel, ClearBuffer, Event, Interrupt, TurnCommit, TurnDone
-from rspp.testing import FakeLlm, FakeTts, run_virtual, tick
+from rspp.events import (
+    AudioIn,
+    AudioOut,
+    Cancel,
+    ClearBuffer,
+    Event,
+    Interrupt,
+    TurnCommit,
+    TurnDone,
+)
+from rspp.testing import FakeLlm, FakeTts, run_virtual, silence, speech_like, tick
 
 from .helpers import barge_in_pipeline
 
@@ -69,39 +80,61 @@ profiles = st.fixed_dictionaries(
     }
 )
 actions = st.lists(
-    st.tuples(st.sampled_from(["commit", "interrupt", "cancel"]), st.floats(0, 3.0)),
+    st.tuples(
+        st.sampled_from(["commit", "interrupt", "cancel", "speech"]),
+        st.floats(0, 3.0),  # pause after the action
+        st.floats(0.02, 0.6),  # how long the user speaks (speech only)
+    ),
     min_size=1,
     max_size=10,
 )
+FRAME_S = 0.02
+SPEECH = speech_like(FRAME_S * 1000, seed=1)
+QUIET = silence(FRAME_S * 1000)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(profile=profiles, schedule=actions)
-def test_cancellation_first_consistency(profile: dict, schedule: list[tuple[str, float]]) -> None:
+def test_cancellation_first_consistency(
+    profile: dict, schedule: list[tuple[str, float, float]]
+) -> None:
     pipeline = barge_in_pipeline(
         llm=profile["llm"],
         tts=profile["tts"],
         output=profile["output"],
         relay_ms=profile["relay_ms"],
+        vad=True,
     )
     sink = TickSink([])
     fences: list[tuple[int, int]] = []  # (tick when accepted, fence watermark)
 
-    def observe(event: Event) -> None:
-        if isinstance(event, ClearBuffer):
-            fences.append((tick(), event.turn))
+    vad_accepted = [0]
+    last_interrupt: list[Event] = []
+
+    def observe(ev: Event) -> None:
+        if isinstance(ev, Interrupt):
+            last_interrupt[:] = [ev]
+        elif isinstance(ev, ClearBuffer):
+            fences.append((tick(), ev.turn))
+            # Coverage bookkeeping: was this fence caused by the VAD (the user talking)?
+            if last_interrupt and last_interrupt[0].seq == ev.seq - 1:
+                vad_accepted[0] += last_interrupt[0].reason == "barge_in"  # type: ignore[attr-defined]
 
     async def main() -> tuple[FakeLlm, FakeTts, int]:
         before = asyncio.all_tasks()
         session = pipeline.session(sinks={"client": sink}, observers=[observe])
         async with session:
-            for action, wait in schedule:
+            for action, wait, speech_s in schedule:
                 if action == "commit":
                     session.push(TurnCommit(text="question"))
                 elif action == "interrupt":
-                    session.push(Interrupt())
-                else:
+                    session.push(Interrupt(reason="client"))
+                elif action == "cancel":
                     session.push(Cancel(turn=session.turns.epoch - 1))
+                else:  # the user talks (over the bot, or not), then pauses
+                    for pcm in [SPEECH] * round(speech_s / FRAME_S) + [QUIET] * 16:
+                        session.push(AudioIn(pcm=pcm))
+                        await asyncio.sleep(FRAME_S)
                 await asyncio.sleep(wait)
             await asyncio.sleep(30.0)  # let every surviving reply finish playing
             final_fence = session.fence
@@ -115,6 +148,8 @@ def test_cancellation_first_consistency(profile: dict, schedule: list[tuple[str,
     # The close fences everything; only the fences accepted while the call was live
     # are interesting for the invariants below (the last ClearBuffer is the close's).
     live_fences = fences[:-1]
+    event(f"fences while live: {min(len(live_fences), 3)}")
+    event(f"VAD interrupts accepted: {min(vad_accepted[0], 2)}")
 
     # 1. No audio of a fenced turn after the fence was accepted.
     for t_sent, ev in sink.records:

@@ -14,7 +14,10 @@ from rspp.events import (
     Error,
     Event,
     LlmDelta,
+    SessionEnd,
     TurnCommit,
+    TurnDone,
+    TurnInterrupted,
     UnknownEvent,
 )
 from rspp.kernel import InvalidInput, SessionClosed
@@ -391,5 +394,19 @@ def test_a_shared_sink_sees_events_in_seq_order_through_inline_cascades() -> Non
         assert kinds[1:3] == ["turn.commit", "llm.delta"]  # cause before effect
         seqs = [ev.seq for ev in sink.events]
         assert seqs == sorted(seqs)
+
+    run_virtual(main())
+
+
+def test_a_client_cannot_push_the_kernels_own_control_events() -> None:
+    pipeline = make_pipeline(chain(1))
+
+    async def main() -> None:
+        async with pipeline.session() as session:
+            for event in (TurnDone(turn=1), TurnInterrupted(turn=1), SessionEnd()):
+                with pytest.raises(InvalidInput, match="cannot be sent"):
+                    session.push(event)
+            assert session.stats.rejected == {"input_kind": 3}
+            session.push(ClearBuffer())  # a client's "stop talking" is fine
 
     run_virtual(main())

@@ -62,6 +62,9 @@ log = logging.getLogger("rspp.session")
 
 Observer = Callable[[Event], object]
 
+#: Control kinds a transport may push into a session (a client's "stop", "cancel").
+CLIENT_CONTROL = frozenset({"control.interrupt", "control.cancel", "control.clear_buffer"})
+
 
 class Sink(Protocol):
     """Where a session's output goes: a transport to the client, or a recorder.
@@ -250,15 +253,20 @@ class Session:
 
         Data events must be of a kind listed in the spec's ``input``; audio must
         match the spec's format. A rejected event raises :class:`InvalidInput`
-        and is counted; the session carries on. Control-lane events (a client's
-        "stop") are acted on at once. The header is the session's to assign: only
+        and is counted; the session carries on. The control kinds in
+        :data:`CLIENT_CONTROL` (a client's "stop") are acted on at once; other
+        control kinds are the kernel's own and are rejected. The header is the session's to assign: only
         a non-zero ``origin_ns`` (capture time, in this session's clock) is kept,
         and the ``turn`` of a control event (the turn a cancel targets).
         """
         if not self._running:
             raise SessionClosed(f"session {self.id} is not running")
         cls = event.__class__
-        if cls.lane is not Lane.CONTROL:
+        if cls.lane is Lane.CONTROL:
+            if event.kind not in CLIENT_CONTROL:
+                self._reject("input_kind")
+                raise InvalidInput(f"{event.kind!r} cannot be sent into a session")
+        else:
             if event.kind not in self._input_kinds:
                 self._reject("input_kind")
                 raise InvalidInput(f"{event.kind!r} is not an input kind of {self.pipeline.name!r}")
@@ -327,7 +335,10 @@ class Session:
         if sink is not None:
             if cls is AudioOut:
                 self.ledger.delivered(event.turn, event.duration_ns, event.text)  # type: ignore[attr-defined]
-            sink.send(event)
+            try:
+                sink.send(event)
+            except Exception as exc:
+                self._sink_failed(sink, event, exc)
         if self._observers:
             self._notify_observers(event)
         targets = source.routes.get(event.kind)
@@ -390,7 +401,10 @@ class Session:
             except Exception as exc:
                 self.node_failed(runner, event, exc)
         for sink in self._sinks.values():
-            sink.send(event)
+            try:
+                sink.send(event)
+            except Exception as exc:
+                self._sink_failed(sink, event, exc)
         if self._observers:
             self._notify_observers(event)
 
@@ -476,6 +490,12 @@ class Session:
                 message=str(exc),
             )
         )
+
+    def _sink_failed(self, sink: Sink, event: Event, exc: Exception) -> None:
+        """A transport raised in ``send``: count and log it; the kernel's work goes on."""
+        name = next((n for n, s in self._sinks.items() if s is sink), "?")
+        self.stats.errors[f"sink:{name}"] += 1
+        log.error("session %s: sink %r failed on %s: %r", self.id, name, event.kind, exc)
 
     def _illegal(self, source: NodeRunner | None, event: Event, exc: TurnProtocolError) -> None:
         name = source.name if source is not None else "kernel"
