@@ -255,9 +255,10 @@ class Session:
         match the spec's format. A rejected event raises :class:`InvalidInput`
         and is counted; the session carries on. The control kinds in
         :data:`CLIENT_CONTROL` (a client's "stop") are acted on at once; other
-        control kinds are the kernel's own and are rejected. The header is the session's to assign: only
-        a non-zero ``origin_ns`` (capture time, in this session's clock) is kept,
-        and the ``turn`` of a control event (the turn a cancel targets).
+        control kinds are the kernel's own and are rejected. The header is the
+        session's to assign: only a non-zero ``origin_ns`` (capture time, in
+        this session's clock) is kept, and the ``turn`` of a control event (the
+        turn a cancel targets).
         """
         if not self._running:
             raise SessionClosed(f"session {self.id} is not running")
