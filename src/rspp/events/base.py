@@ -3,7 +3,7 @@
 Every message that crosses a node, a transport or a process boundary is an
 :class:`Event`. The header (``session``, ``turn``, ``seq``, ``origin_ns``) is the
 same for every kind; the kind is the msgspec tag, written on the wire as the
-``kind`` field. Three class-level facts about a kind drive the kernel and are
+``kind`` field. These class-level facts about a kind drive the kernel and are
 part of the ABI (``docs/abi.md``):
 
 * ``lane`` -- :attr:`Lane.CONTROL` kinds are handled by the kernel at the moment
@@ -15,6 +15,7 @@ part of the ABI (``docs/abi.md``):
   for latency accounting.
 * ``overload`` -- the default policy of a full node inbox for this kind
   (``block``, ``drop_oldest``, ``drop_newest`` or ``latest``).
+* ``public`` -- for control kinds, whether sinks (the client) are told.
 
 Header fields left at zero on a freshly built event are stamped by the runtime
 from the event that caused it, so node code never has to fill them in.
@@ -41,7 +42,7 @@ __all__ = [
 #: The ABI version: ``MAJOR.MINOR``. Minor versions only add kinds or optional
 #: fields (older peers pass unknown kinds through and ignore unknown fields);
 #: a major bump is a breaking change and peers refuse a different major.
-ABI_VERSION = "1.0"
+ABI_VERSION = "1.1"
 
 #: Header field names, in wire order.
 HEADER_FIELDS = ("session", "turn", "seq", "origin_ns")
@@ -70,6 +71,8 @@ class Event(msgspec.Struct, tag_field="kind", gc=False):
     fenced: ClassVar[bool] = True
     milestone: ClassVar[bool] = False
     overload: ClassVar[str] = "block"
+    #: Control kinds only: whether sinks (the client) are sent it.
+    public: ClassVar[bool] = True
 
     #: Session id; stamped by the runtime.
     session: str = ""

@@ -24,13 +24,17 @@ __all__ = [
     "LlmDelta",
     "LlmDone",
     "Metrics",
+    "Pause",
+    "Resume",
     "SessionEnd",
     "SessionStart",
     "TtsAudio",
     "TtsDone",
     "TurnCommit",
+    "TurnConfirm",
     "TurnDone",
     "TurnInterrupted",
+    "TurnSpeculate",
     "TurnStart",
     "VadSpeechEnd",
     "VadSpeechStart",
@@ -146,10 +150,34 @@ class TurnStart(Event, tag="turn.start", kw_only=True):
 
 @register
 class TurnCommit(Event, tag="turn.commit", kw_only=True):
-    """The user's turn ended: the bot replies to ``text``. The root of a reply; fenced."""
+    """The user's turn ended: the bot replies to ``text``. The root of a reply; fenced.
+
+    The kernel gives it (and so the whole reply) the session's current turn number.
+    """
 
     milestone: ClassVar[bool] = True
     text: str = ""
+
+
+@register
+class TurnSpeculate(Event, tag="turn.speculate", kw_only=True):
+    """Start a reply to ``text`` before the user's turn has ended, held back until confirmed.
+
+    The root of a speculative reply; the kernel gives it a turn number of its own.
+    Nothing of that reply reaches the client unless a ``turn.confirm`` releases it.
+    """
+
+    milestone: ClassVar[bool] = True
+    text: str = ""
+
+
+@register
+class TurnConfirm(Event, tag="turn.confirm", kw_only=True):
+    """The speculative reply ``turn`` is the reply to the user's turn: release it."""
+
+    lane: ClassVar[Lane] = Lane.CONTROL
+    fenced: ClassVar[bool] = False
+    public: ClassVar[bool] = False
 
 
 @register
@@ -231,6 +259,24 @@ class ClearBuffer(Event, tag="control.clear_buffer", kw_only=True):
 
     lane: ClassVar[Lane] = Lane.CONTROL
     fenced: ClassVar[bool] = False
+
+
+@register
+class Pause(Event, tag="control.pause", kw_only=True):
+    """Stop releasing output audio for now, keeping it buffered (an undecided interruption)."""
+
+    lane: ClassVar[Lane] = Lane.CONTROL
+    fenced: ClassVar[bool] = False
+    reason: str = ""
+
+
+@register
+class Resume(Event, tag="control.resume", kw_only=True):
+    """Release output audio again, from where it paused."""
+
+    lane: ClassVar[Lane] = Lane.CONTROL
+    fenced: ClassVar[bool] = False
+    reason: str = ""
 
 
 @register

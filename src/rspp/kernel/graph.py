@@ -157,7 +157,7 @@ def build(spec: PipelineSpec, registry: NodeRegistry | None = None) -> Pipeline:
             problems.append(f"{where}: a streaming node always runs queued")
         if node.queue.capacity < 1:
             problems.append(f"{where}: queue capacity must be at least 1")
-        for kind in cls.consumes:
+        for kind in cls.consumes + cls.accepts:
             kcls = kind_of(kind)
             if kcls is not None and kcls.lane is Lane.CONTROL:
                 problems.append(
@@ -197,7 +197,7 @@ def build(spec: PipelineSpec, registry: NodeRegistry | None = None) -> Pipeline:
         for up in by_name[name].inputs:
             children.setdefault(up, []).append(name)
 
-    consumes = {name: frozenset(classes[name].consumes) for name in order}
+    consumes = {name: frozenset(classes[name].consumes + classes[name].accepts) for name in order}
     _check_kinds_reach(spec, order, by_name, classes, problems)
     if problems:
         raise BuildError(problems)
@@ -261,11 +261,11 @@ def _check_kinds_reach(
         arrive: set[str] = set()
         for up in by_name[name].inputs:
             arrive |= passes[up]
-        consumed = set(cls.consumes)
+        consumed = set(cls.consumes) | set(cls.accepts)
         produced = set(cls.produces)
         if ANY in produced:
             produced = (produced - {ANY}) | arrive
-        for kind in sorted(consumed - {ANY}):
+        for kind in sorted(set(cls.consumes) - {ANY}):
             if kind not in arrive:
                 upstream = ", ".join(sorted(arrive)) or "nothing"
                 problems.append(

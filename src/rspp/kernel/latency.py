@@ -1,70 +1,98 @@
-"""Per-turn latency accounting, from the events' timestamps.
+"""Per-turn latency accounting and speculation accounting, from the events' timestamps.
 
-The kernel tells the tracker when the first event of each milestone kind of a
-turn was emitted and when it was handed to the node that consumes it. From
-those marks a turn's breakdown follows (all in the session clock, except the
-kernel's own share, which is measured with ``perf_counter_ns`` so that it is
-real CPU time even under a virtual clock):
+The kernel feeds the tracker the moments that matter: the user's speech end
+and final transcript (*user marks*, for the user turn in progress), a reply's
+root (``turn.commit``/``turn.speculate``), the end-of-turn decision (a commit,
+or the confirmation of a speculation), and the first emission/receipt of each
+milestone kind of a reply. From those a reply's breakdown follows (session
+clock, except the kernel's own share: ``perf_counter_ns``, real CPU time even
+under a virtual clock):
 
 ============  ===============================================================
 vad_ms        ``vad.speech_end`` emitted - speech ended (its ``origin_ns``)
-asr_ms        ``asr.final`` emitted - speech ended
-llm_ttft_ms   first ``llm.delta`` emitted - ``turn.commit`` received by the LLM
+asr_ms        last ``asr.final`` emitted - speech ended
+endpoint_ms   end-of-turn decision (commit or confirm) - speech ended
+llm_ttft_ms   first ``llm.delta`` emitted - the root received by the LLM
 tts_ttfa_ms   first ``tts.audio`` emitted - first ``llm.delta`` received by the TTS
 output_ms     first ``audio.out`` sent - first ``tts.audio`` received by the output
-kernel_us     sum over the critical hops (commit, first delta, first audio) of
+kernel_us     sum over the critical hops (root, first delta, first audio) of
               received - emitted: queueing and dispatch inside the runtime
 v2v_ms        first ``audio.out`` sent to the client - speech ended
+saved_ms      speculative replies: how much earlier the first audio was ready
+              than if generation had started at the decision:
+              ``min(first tts.audio, decision) - root``
 ============  ===============================================================
 
-``vad.speech_end`` and ``asr.final`` keep their *last* value before the commit
-(a user may pause mid-turn); every other mark keeps its first value.
+The user marks are those of the last speech end and final before the
+decision; a decision consumes them, so the next user turn starts clean.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-__all__ = ["LatencyTracker", "TurnLatency"]
+__all__ = ["LatencyTracker", "SpeculationStats", "TurnLatency"]
 
-_LAST_BEFORE_COMMIT = frozenset({"vad.speech_end", "asr.final"})
-_CRITICAL_HOPS = ("turn.commit", "llm.delta", "tts.audio")
+_ROOTS = frozenset({"turn.commit", "turn.speculate"})
+_CRITICAL_HOPS = ("root", "llm.delta", "tts.audio")
 
 
 class TurnLatency(msgspec.Struct, kw_only=True):
-    """One turn's latency breakdown. None where the turn had no such stage."""
+    """One reply's latency breakdown. None where the reply had no such stage."""
 
     turn: int
     vad_ms: float | None = None
     asr_ms: float | None = None
+    endpoint_ms: float | None = None
     llm_ttft_ms: float | None = None
     tts_ttfa_ms: float | None = None
     output_ms: float | None = None
     kernel_us: float | None = None
     v2v_ms: float | None = None
+    speculative: bool = False
+    saved_ms: float | None = None
     interrupted: bool = False
     delivered_ms: float = 0.0
 
     def values(self) -> dict[str, float]:
         """The measured values as a flat mapping (for a ``metrics`` event)."""
-        out = {
+        return {
             name: float(getattr(self, name))
             for name in self.__struct_fields__
             if name != "turn" and getattr(self, name) is not None
         }
-        return out
 
 
-class _Marks:
-    __slots__ = ("committed", "emitted", "emitted_perf", "received", "received_perf", "speech_end")
+class _User:
+    __slots__ = ("final", "speech_end", "speech_end_emit")
 
     def __init__(self) -> None:
+        self.speech_end: int | None = None  # origin: when speech ended
+        self.speech_end_emit: int | None = None  # when the VAD said so
+        self.final: int | None = None  # when the last final was emitted
+
+
+class _Reply:
+    __slots__ = (
+        "decided",
+        "emitted",
+        "emitted_perf",
+        "received",
+        "received_perf",
+        "root",
+        "speculative",
+        "user",
+    )
+
+    def __init__(self, root: int, speculative: bool, user: _User) -> None:
+        self.root = root
+        self.speculative = speculative
+        self.decided: int | None = None
+        self.user = user
         self.emitted: dict[str, int] = {}
         self.emitted_perf: dict[str, int] = {}
         self.received: dict[str, int] = {}
         self.received_perf: dict[str, int] = {}
-        self.speech_end: int | None = None
-        self.committed = False
 
 
 def _ms(a: int | None, b: int | None) -> float | None:
@@ -72,66 +100,125 @@ def _ms(a: int | None, b: int | None) -> float | None:
 
 
 class LatencyTracker:
-    """Collects marks per turn and turns them into :class:`TurnLatency` records."""
+    """Collects marks per reply and turns them into :class:`TurnLatency` records."""
 
-    __slots__ = ("_turns",)
+    __slots__ = ("_replies", "_user")
 
     def __init__(self) -> None:
-        self._turns: dict[int, _Marks] = {}
+        self._user = _User()
+        self._replies: dict[int, _Reply] = {}
 
-    def _marks(self, turn: int) -> _Marks:
-        marks = self._turns.get(turn)
-        if marks is None:
-            marks = self._turns[turn] = _Marks()
-        return marks
+    def user_mark(self, kind: str, now_ns: int, origin_ns: int) -> None:
+        """``vad.speech_end`` or ``asr.final`` of the user turn in progress."""
+        if kind == "vad.speech_end":
+            self._user.speech_end = origin_ns
+            self._user.speech_end_emit = now_ns
+        else:
+            self._user.final = now_ns
 
-    def emitted(self, kind: str, turn: int, now_ns: int, origin_ns: int, perf_ns: int) -> None:
-        """A milestone event was emitted (or, for ``audio.out``, sent to the client)."""
-        marks = self._marks(turn)
-        if kind in _LAST_BEFORE_COMMIT:
-            if marks.committed:
-                return
-            if kind == "vad.speech_end":
-                marks.speech_end = origin_ns
-        elif kind in marks.emitted:
-            return
-        elif kind == "turn.commit":
-            marks.committed = True
-        marks.emitted[kind] = now_ns
-        marks.emitted_perf[kind] = perf_ns
+    def root(self, turn: int, now_ns: int, perf_ns: int, *, speculative: bool) -> None:
+        """A reply root was emitted. A commit is also the end-of-turn decision."""
+        reply = _Reply(now_ns, speculative, self._user)
+        reply.emitted["root"] = now_ns
+        reply.emitted_perf["root"] = perf_ns
+        self._replies[turn] = reply
+        if not speculative:
+            self.decided(turn, now_ns)
+
+    def decided(self, turn: int, now_ns: int) -> None:
+        """The end of the user's turn was decided for reply ``turn`` (commit or confirm)."""
+        reply = self._replies.get(turn)
+        if reply is not None:
+            reply.decided = now_ns
+            reply.user = self._user  # the latest marks: a final may have come after the root
+        self._user = _User()
+
+    def emitted(self, kind: str, turn: int, now_ns: int, perf_ns: int) -> None:
+        """A milestone event of a reply was emitted (``audio.out``: sent to the client)."""
+        reply = self._replies.get(turn)
+        if reply is not None and kind not in reply.emitted:
+            reply.emitted[kind] = now_ns
+            reply.emitted_perf[kind] = perf_ns
 
     def received(self, kind: str, turn: int, now_ns: int, perf_ns: int) -> None:
-        """A milestone event was handed to the node that consumes it."""
-        marks = self._marks(turn)
-        if kind not in marks.received:
-            marks.received[kind] = now_ns
-            marks.received_perf[kind] = perf_ns
+        """A milestone event of a reply was handed to the node that consumes it."""
+        reply = self._replies.get(turn)
+        if reply is None:
+            return
+        key = "root" if kind in _ROOTS else kind
+        if key not in reply.received:
+            reply.received[key] = now_ns
+            reply.received_perf[key] = perf_ns
+
+    def first_audio(self, turn: int) -> int | None:
+        """When reply ``turn`` first emitted synthesized audio, if it did."""
+        reply = self._replies.get(turn)
+        return None if reply is None else reply.emitted.get("tts.audio")
 
     def finish(
         self, turn: int, *, interrupted: bool = False, delivered_ms: float = 0.0
     ) -> TurnLatency:
-        """The breakdown of ``turn``; forgets its marks."""
-        m = self._turns.pop(turn, None) or _Marks()
-        e, r = m.emitted, m.received
+        """The breakdown of reply ``turn``; forgets it."""
+        m = self._replies.pop(turn, None)
+        if m is None:
+            return TurnLatency(turn=turn, interrupted=interrupted, delivered_ms=delivered_ms)
+        e, r, user = m.emitted, m.received, m.user
         hops = [
             m.received_perf[k] - m.emitted_perf[k]
             for k in _CRITICAL_HOPS
             if k in m.received_perf and k in m.emitted_perf
         ]
+        saved = None
+        if m.speculative and m.decided is not None:
+            ready = e.get("tts.audio")
+            saved = _ms(min(ready, m.decided) if ready is not None else m.decided, m.root)
         return TurnLatency(
             turn=turn,
-            vad_ms=_ms(e.get("vad.speech_end"), m.speech_end),
-            asr_ms=_ms(e.get("asr.final"), m.speech_end),
-            llm_ttft_ms=_ms(e.get("llm.delta"), r.get("turn.commit")),
+            vad_ms=_ms(user.speech_end_emit, user.speech_end),
+            asr_ms=_ms(user.final, user.speech_end),
+            endpoint_ms=_ms(m.decided, user.speech_end),
+            llm_ttft_ms=_ms(e.get("llm.delta"), r.get("root")),
             tts_ttfa_ms=_ms(e.get("tts.audio"), r.get("llm.delta")),
             output_ms=_ms(e.get("audio.out"), r.get("tts.audio")),
             kernel_us=sum(hops) / 1e3 if hops else None,
-            v2v_ms=_ms(e.get("audio.out"), m.speech_end),
+            v2v_ms=_ms(e.get("audio.out"), user.speech_end),
+            speculative=m.speculative,
+            saved_ms=saved,
             interrupted=interrupted,
             delivered_ms=delivered_ms,
         )
 
-    def forget_before(self, turn: int) -> None:
-        """Drop marks of turns older than ``turn`` that never finished (bounded memory)."""
-        for old in [t for t in self._turns if t < turn]:
-            del self._turns[old]
+    def drop(self, turn: int) -> None:
+        """Forget a reply that will never be finished (a dropped speculation)."""
+        self._replies.pop(turn, None)
+
+
+class SpeculationStats(msgspec.Struct, kw_only=True):
+    """What speculation did in a session: attempts, outcomes, waste and gain."""
+
+    attempts: int = 0
+    hits: int = 0
+    #: Replaced or committed over because the transcript changed.
+    misses: int = 0
+    #: Dropped because the user kept talking (or the session ended).
+    discarded: int = 0
+    #: LLM deltas (about one token each) generated by speculations that were not used.
+    wasted_llm_deltas: int = 0
+    #: Seconds of audio synthesized by speculations that were not used.
+    wasted_tts_s: float = 0.0
+    #: Per hit, how much earlier the reply's first audio was ready (ms).
+    saved_ms: list[float] = msgspec.field(default_factory=list)
+
+    @property
+    def hit_rate(self) -> float:
+        decided = self.hits + self.misses
+        return self.hits / decided if decided else 0.0
+
+    def ended(self, reason: str, deltas: int, tts_ns: int) -> None:
+        """A speculation was dropped for ``reason`` (turn.interrupted reasons)."""
+        if reason in ("speculation_miss", "speculation_replaced"):
+            self.misses += 1
+        else:
+            self.discarded += 1
+        self.wasted_llm_deltas += deltas
+        self.wasted_tts_s += tts_ns / 1e9

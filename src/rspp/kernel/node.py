@@ -41,6 +41,7 @@ import msgspec
 from rspp.events import Event
 
 if TYPE_CHECKING:
+    from rspp.kernel.conversation import Conversation
     from rspp.kernel.session import Sink
 
 __all__ = ["Node", "NodeConfig", "NodeContext"]
@@ -89,6 +90,15 @@ class NodeContext(Protocol):
         """Whether the output of ``turn`` has been fenced by an interruption or a cancel."""
         ...
 
+    def is_held(self, turn: int) -> bool:
+        """Whether ``turn`` is a speculation whose output must not reach the client yet."""
+        ...
+
+    @property
+    def conversation(self) -> Conversation:
+        """The session's conversation history, as the user heard it."""
+        ...
+
     def resource(self, name: str) -> Any:
         """A named object provided to the session (a model handle, a client)."""
         ...
@@ -104,8 +114,12 @@ C = TypeVar("C", bound=NodeConfig)
 class Node(Generic[C]):
     """Base class of every node type. See the module docstring for the contract."""
 
-    #: Data kinds this node handles ("*" for every kind that reaches it).
+    #: Data kinds this node handles ("*" for every kind that reaches it); each must be
+    #: produced upstream, or the pipeline does not build.
     consumes: ClassVar[tuple[str, ...]] = ()
+    #: Data kinds this node also handles when a pipeline produces them (optional inputs,
+    #: e.g. an LLM that can answer speculative roots); routed like ``consumes``.
+    accepts: ClassVar[tuple[str, ...]] = ()
     #: Data kinds this node may emit ("*" for "whatever it receives").
     produces: ClassVar[tuple[str, ...]] = ()
     #: Control-lane kinds delivered synchronously to :meth:`on_control`.

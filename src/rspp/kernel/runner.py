@@ -21,6 +21,7 @@ from rspp.kernel.node import Node
 from rspp.kernel.spec import INPUT, Policy
 
 if TYPE_CHECKING:
+    from rspp.kernel.conversation import Conversation
     from rspp.kernel.graph import NodePlan
     from rspp.kernel.session import Session, Sink
 
@@ -208,6 +209,13 @@ class NodeRunner:
 
     def is_fenced(self, turn: int) -> bool:
         return turn <= self.session.fence
+
+    def is_held(self, turn: int) -> bool:
+        return turn == self.session.turns.held
+
+    @property
+    def conversation(self) -> Conversation:
+        return self.session.conversation
 
     def resource(self, name: str) -> Any:
         return self.session.resource(name)

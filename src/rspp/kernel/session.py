@@ -34,22 +34,28 @@ import msgspec
 
 from rspp.events import (
     ABI_VERSION,
+    AsrFinal,
     AudioIn,
     AudioOut,
     ClearBuffer,
     Error,
     Event,
     Lane,
+    LlmDelta,
     Metrics,
     MsgpackCodec,
     SessionEnd,
     SessionStart,
+    TtsAudio,
     TurnCommit,
     TurnInterrupted,
+    TurnSpeculate,
+    VadSpeechEnd,
 )
+from rspp.kernel.conversation import Conversation, Message
 from rspp.kernel.delivery import DeliveryLedger
 from rspp.kernel.errors import BuildError, InvalidInput, SessionClosed, TurnProtocolError
-from rspp.kernel.latency import LatencyTracker, TurnLatency
+from rspp.kernel.latency import LatencyTracker, SpeculationStats, TurnLatency
 from rspp.kernel.runner import NodeRunner
 from rspp.kernel.turns import Action, Decision, TurnMachine, TurnSnapshot
 
@@ -61,6 +67,8 @@ __all__ = ["Session", "SessionSnapshot", "SessionStats", "Sink"]
 log = logging.getLogger("rspp.session")
 
 Observer = Callable[[Event], object]
+
+_ROOTS = (TurnCommit, TurnSpeculate)
 
 #: Control kinds a transport may push into a session (a client's "stop", "cancel").
 CLIENT_CONTROL = frozenset({"control.interrupt", "control.cancel", "control.clear_buffer"})
@@ -109,6 +117,8 @@ class SessionSnapshot(msgspec.Struct, kw_only=True):
     pending: dict[str, list[bytes]]
     #: The event each node was handling when the snapshot was taken (msgpack-encoded).
     in_flight: dict[str, bytes]
+    #: The conversation as the user heard it.
+    conversation: list[Message] = msgspec.field(default_factory=list)
 
 
 class Session:
@@ -132,6 +142,14 @@ class Session:
         self.stats = SessionStats()
         self.ledger = DeliveryLedger()
         self.latency = LatencyTracker()
+        #: The conversation so far, as the user heard it.
+        self.conversation = Conversation()
+        #: What speculation did in this session.
+        self.speculation = SpeculationStats()
+        self._held = 0  # the speculative reply whose output is held back
+        self._held_deltas = 0
+        self._held_tts_ns = 0
+        self._gate: list[tuple[Sink, Event]] = []
         #: Latency breakdown of every finished turn, in order.
         self.turn_latencies: list[TurnLatency] = []
         self._sinks = dict(sinks or {})
@@ -322,11 +340,13 @@ class Session:
             if fresh:
                 self._control(source, event)
             return
+        if fresh and cls in _ROOTS and not self._root(source, event):
+            return
         if cls.fenced and event.turn <= self.fence:
             self.count_drop(source.name if source else "kernel", event.kind, "fenced")
             return
-        if cls.milestone and fresh and not self._milestone(source, event):
-            return
+        if fresh and cls.milestone:
+            self._mark(event)
         if source is None:
             self._notify_observers(event)
             return
@@ -334,12 +354,10 @@ class Session:
         # turn comes after this event everywhere (sinks see seq in order).
         sink = source.sink_target
         if sink is not None:
-            if cls is AudioOut:
-                self.ledger.delivered(event.turn, event.duration_ns, event.text)  # type: ignore[attr-defined]
-            try:
-                sink.send(event)
-            except Exception as exc:
-                self._sink_failed(sink, event, exc)
+            if cls.fenced and event.turn == self._held:
+                self._gate.append((sink, event))  # speculative: held back until confirmed
+            else:
+                self._send(sink, event)
         if self._observers:
             self._notify_observers(event)
         targets = source.routes.get(event.kind)
@@ -348,23 +366,47 @@ class Session:
         for target in targets:
             target.deliver(event)
 
-    def _milestone(self, source: NodeRunner | None, event: Event) -> bool:
-        """Latency marks, and the commit hook. False if the event must be dropped."""
-        if event.__class__ is TurnCommit:
-            try:
-                decision = self.turns.commit(event.turn)
-            except TurnProtocolError as exc:
-                self._illegal(source, event, exc)
-                return False
-            if not decision.committed:
-                self.count_drop(source.name if source else "kernel", event.kind, "stale")
-                return False
-            self._execute(decision)
-            self.latency.forget_before(event.turn - 8)
-        self.latency.emitted(
-            event.kind, event.turn, self.now_ns(), event.origin_ns, time.perf_counter_ns()
+    def _send(self, sink: Sink, event: Event) -> None:
+        """Hand one event to a sink; audio counts as delivered."""
+        if event.__class__ is AudioOut:
+            self.ledger.delivered(event.turn, event.duration_ns, event.text)
+        try:
+            sink.send(event)
+        except Exception as exc:
+            self._sink_failed(sink, event, exc)
+
+    def _root(self, source: NodeRunner | None, event: Event) -> bool:
+        """A reply starts (commit or speculation): number it, run the turn machine."""
+        speculative = event.__class__ is TurnSpeculate
+        try:
+            decision = self.turns.speculate() if speculative else self.turns.commit()
+        except TurnProtocolError as exc:
+            self._illegal(source, event, exc)
+            return False
+        event.turn = decision.committed  # the kernel numbers replies, whatever the cause was
+        self._execute(decision)
+        self.conversation.user(event.turn, event.text, tentative=speculative)  # type: ignore[attr-defined]
+        if speculative:
+            self.speculation.attempts += 1
+        self.latency.root(
+            event.turn, self.now_ns(), time.perf_counter_ns(), speculative=speculative
         )
         return True
+
+    def _mark(self, event: Event) -> None:
+        """Bookkeeping for the first emission of a milestone event (not fenced)."""
+        cls = event.__class__
+        now = self.now_ns()
+        if cls is VadSpeechEnd or cls is AsrFinal:
+            self.latency.user_mark(event.kind, now, event.origin_ns)
+            return
+        if cls is LlmDelta:
+            self.conversation.assistant_delta(event.turn, event.text)  # type: ignore[attr-defined]
+            if event.turn == self._held:
+                self._held_deltas += 1
+        elif cls is TtsAudio and event.turn == self._held:
+            self._held_tts_ns += event.duration_ns  # type: ignore[attr-defined]
+        self.latency.emitted(event.kind, event.turn, now, time.perf_counter_ns())
 
     def mark_received(self, event: Event) -> None:
         """A milestone event was handed to its consumer (called by runners)."""
@@ -380,6 +422,8 @@ class Session:
                 decision = self.turns.interrupt()
             elif kind == "control.cancel":
                 decision = self.turns.cancel(event.turn)
+            elif kind == "turn.confirm":
+                decision = self.turns.confirm(event.turn)
             elif kind == "turn.done":
                 decision = self.turns.played(event.turn)
         except TurnProtocolError as exc:
@@ -392,20 +436,23 @@ class Session:
             self._execute(decision)
         if kind == "turn.done" and decision is not None and decision.target:
             delivered = self.ledger.record(decision.target)
+            self.conversation.finished(decision.target)
             self._finish_turn(decision.target, interrupted=False, delivered=delivered.delivered_ms)
 
-    def _notify(self, event: Event) -> None:
-        """Deliver a control event to the nodes that listen for its kind, every sink, observers."""
+    def _notify(self, event: Event, *, public: bool = True) -> None:
+        """Deliver a control event to the nodes that listen for its kind, the sinks, observers.
+
+        Sinks (the client) are told only about public kinds and public outcomes:
+        nothing about a speculation, which the user never hears of.
+        """
         for runner in self._listeners.get(event.kind, ()):
             try:
                 runner.node.on_control(event)  # type: ignore[union-attr]
             except Exception as exc:
                 self.node_failed(runner, event, exc)
-        for sink in self._sinks.values():
-            try:
-                sink.send(event)
-            except Exception as exc:
-                self._sink_failed(sink, event, exc)
+        if public and event.__class__.public:
+            for sink in self._sinks.values():
+                self._send(sink, event)
         if self._observers:
             self._notify_observers(event)
 
@@ -413,6 +460,7 @@ class Session:
         """Carry out a turn decision, in the cancellation-first order."""
         actions = decision.actions
         fence = self.turns.fence
+        public = not decision.speculative  # a dropped speculation is nobody's business
         if Action.FENCE in actions and fence > self.fence:
             self.fence = fence
             for runner in self._queued:
@@ -420,28 +468,58 @@ class Session:
                     lambda ev: ev.__class__.fenced and ev.turn <= fence
                 ):
                     self.count_drop(runner.name, dropped.kind, "fenced")
+            if self._gate:
+                self.count_drop("gate", "held", "fenced")
+                self._gate = [(s, ev) for s, ev in self._gate if ev.turn > fence]
         if Action.CLEAR in actions:
             clear = ClearBuffer(turn=fence)
             self._stamp(clear)
-            self._notify(clear)
+            self._notify(clear, public=public)
         if Action.CANCEL in actions:
             for runner in self._queued:
                 runner.cancel_if_fenced(fence)
-        if Action.RECORD in actions and decision.target:
-            delivered = self.ledger.record(decision.target)
-            record = TurnInterrupted(
-                turn=decision.target,
-                reason=decision.reason,
-                delivered_ms=delivered.delivered_ms,
-                heard_text=delivered.heard_text,
-            )
-            self._stamp(record)
-            self._notify(record)
-            self._finish_turn(decision.target, interrupted=True, delivered=delivered.delivered_ms)
+        target = decision.target
+        if Action.RECORD in actions and target:
+            if decision.speculative:
+                self.speculation.ended(decision.reason, self._held_deltas, self._held_tts_ns)
+                self.conversation.drop(target)
+                self.latency.drop(target)
+                record = TurnInterrupted(turn=target, reason=decision.reason)
+                self._stamp(record)
+                self._notify(record, public=False)
+            else:
+                delivered = self.ledger.record(target)
+                record = TurnInterrupted(
+                    turn=target,
+                    reason=decision.reason,
+                    delivered_ms=delivered.delivered_ms,
+                    heard_text=delivered.heard_text,
+                )
+                self._stamp(record)
+                self.conversation.interrupted(target, delivered.heard_text)
+                self._notify(record)
+                self._finish_turn(target, interrupted=True, delivered=delivered.delivered_ms)
+        if Action.RELEASE in actions:
+            self._release(decision.committed)
+        self._held = self.turns.held
+        if Action.ADVANCE in actions and self._held:
+            self._held_deltas = self._held_tts_ns = 0
+
+    def _release(self, turn: int) -> None:
+        """A speculation was confirmed: it is the reply now; what it held goes out at once."""
+        self.speculation.hits += 1
+        self.conversation.confirm(turn)
+        self.latency.decided(turn, self.now_ns())
+        self._held = 0
+        gate, self._gate = self._gate, []
+        for sink, event in gate:
+            self._send(sink, event)
 
     def _finish_turn(self, turn: int, *, interrupted: bool, delivered: float) -> None:
         record = self.latency.finish(turn, interrupted=interrupted, delivered_ms=delivered)
         self.turn_latencies.append(record)
+        if record.saved_ms is not None:
+            self.speculation.saved_ms.append(record.saved_ms)
         self.publish(Metrics(turn=turn, name="turn.latency", values=record.values()))
 
     # -- diagnostics ---------------------------------------------------------------------
@@ -595,6 +673,7 @@ class Session:
             nodes=nodes,
             pending=pending,
             in_flight=in_flight,
+            conversation=self.conversation.snapshot(),
         )
 
     def _restore(self, snap: SessionSnapshot) -> None:
@@ -609,6 +688,8 @@ class Session:
         self._seq = snap.seq
         self.turns = TurnMachine.restore(snap.turns)
         self.fence = self.turns.fence
+        self._held = self.turns.held
+        self.conversation.restore(snap.conversation)
         codec = MsgpackCodec()
         for name, state in snap.nodes.items():
             self._runners[name].node.restore(state)  # type: ignore[union-attr]

@@ -1,53 +1,72 @@
-"""The turn state machine: epochs, replies, interruption and fencing.
+"""The turn state machine: epochs, replies, speculation, interruption and fencing.
 
-Everything that decides *whether* an interruption happens and *which* output
-it kills lives in this file. It does no I/O, knows no clock and no asyncio:
-it is fed inputs (a commit, an interrupt request, a cancel, "played", close)
-and returns a :class:`Decision` -- the ordered actions the session shell must
-carry out. Illegal inputs raise :class:`TurnProtocolError`; the shell turns
-that into a counted, logged drop.
+Everything that decides *whether* a reply may be heard, and *which* output an
+interruption kills, lives in this file. It does no I/O, knows no clock and no
+asyncio: it is fed inputs (a commit, a speculation, a confirmation, an
+interrupt request, a cancel, "played", close) and returns a :class:`Decision`
+-- the ordered actions the session shell must carry out. Illegal inputs raise
+:class:`TurnProtocolError`; the shell turns that into a counted, logged drop.
+This file does not know how the end of a user's turn is detected (that is
+the turn manager's policy); it only keeps the books that make the kernel's
+guarantees hold.
 
 Theory of operation
 -------------------
-A *turn* ``n`` is one user utterance and the bot's reply to it; events carry
-its number. Three numbers describe the session:
+A *turn number* names one reply attempt and the user input before it; events
+carry it. The kernel assigns it: every reply root (``turn.commit`` or
+``turn.speculate``) gets the current ``epoch`` and the epoch moves on, so the
+user input that arrives after a reply started -- a barge-in, or more words
+after a speculation -- already belongs to the next number. Three numbers
+describe the session:
 
-``epoch``   the turn that new user input belongs to. It starts at 1 and moves
-            to ``n + 1`` when turn ``n`` is committed, so input that arrives
-            while the bot replies to ``n`` (a barge-in) is already turn ``n+1``.
-``active``  the turn whose reply is being generated or played (RESPONDING), if any.
-``fence``   the highest turn whose output is fenced. Every fenced-kind event
-            of a turn ``<= fence`` is dropped wherever it is. It only grows.
+``epoch``   the number that user input gets now and the next reply will take.
+``active``  the reply in progress: being spoken (RESPONDING) or prepared
+            speculatively and held back (SPECULATING); 0 if none.
+``fence``   the highest fenced number. Every fenced-kind event of a turn
+            ``<= fence`` is dropped wherever it is. It only grows, which is
+            why a speculation is never started while a reply is in progress:
+            fencing it would fence that reply too.
 
-States: LISTENING (no reply in progress), RESPONDING (a reply to ``active`` is
-in progress), CLOSED. The transitions are the table ``_TRANSITIONS`` below:
+States: LISTENING (no reply), SPECULATING (a speculative reply to ``active``
+is being generated; nothing of it may reach the client), RESPONDING (a
+committed reply is being generated or played), CLOSED. The table:
 
-===========  ===========  ===========  ====================================
-state        input        next state   actions
-===========  ===========  ===========  ====================================
-LISTENING    COMMIT       RESPONDING   ADVANCE
-RESPONDING   COMMIT       RESPONDING   FENCE CLEAR CANCEL RECORD ADVANCE
-LISTENING    INTERRUPT    LISTENING    (ignored: nothing is being said)
-RESPONDING   INTERRUPT    LISTENING    FENCE CLEAR CANCEL RECORD
-LISTENING    CANCEL       LISTENING    FENCE CLEAR CANCEL
-RESPONDING   CANCEL       LISTENING    FENCE CLEAR CANCEL RECORD
-LISTENING    PLAYED       LISTENING    (stale)
-RESPONDING   PLAYED       LISTENING    (only for the active turn)
-LISTENING    CLOSE        CLOSED       FENCE CLEAR CANCEL
-RESPONDING   CLOSE        CLOSED       FENCE CLEAR CANCEL RECORD
-CLOSED       any          --           TurnProtocolError
-===========  ===========  ===========  ====================================
+===========  ==========  ===========  =========================================
+state        input       next state   actions
+===========  ==========  ===========  =========================================
+LISTENING    COMMIT      RESPONDING   ADVANCE
+SPECULATING  COMMIT      RESPONDING   FENCE CLEAR CANCEL RECORD ADVANCE
+RESPONDING   COMMIT      RESPONDING   FENCE CLEAR CANCEL RECORD ADVANCE
+LISTENING    SPECULATE   SPECULATING  ADVANCE
+SPECULATING  SPECULATE   SPECULATING  FENCE CLEAR CANCEL RECORD ADVANCE
+SPECULATING  CONFIRM     RESPONDING   RELEASE
+LISTENING    INTERRUPT   LISTENING    (ignored: nothing is being said)
+SPECULATING  INTERRUPT   SPECULATING  (ignored: nothing of it is audible)
+RESPONDING   INTERRUPT   LISTENING    FENCE CLEAR CANCEL RECORD
+LISTENING    CANCEL      LISTENING    FENCE CLEAR CANCEL
+SPECULATING  CANCEL      LISTENING    FENCE CLEAR CANCEL RECORD
+RESPONDING   CANCEL      LISTENING    FENCE CLEAR CANCEL RECORD
+LISTENING    PLAYED      LISTENING    (stale)
+SPECULATING  PLAYED      SPECULATING  (stale)
+RESPONDING   PLAYED      LISTENING    (only for the active turn)
+LISTENING    CLOSE       CLOSED       FENCE CLEAR CANCEL
+SPECULATING  CLOSE       CLOSED       FENCE CLEAR CANCEL RECORD
+RESPONDING   CLOSE       CLOSED       FENCE CLEAR CANCEL RECORD
+CLOSED       any         --           TurnProtocolError
+===========  ==========  ===========  =========================================
 
-Guards the table does not show: a commit of an already fenced turn, an
-interrupt while LISTENING and ``played`` of a turn that is not active are
-stale and do nothing; a cancel is capped to committed turns, and cancelling a
-turn older than the active reply only raises the fence (the active reply goes
-on, state unchanged).
+Rows not in the table are illegal: SPECULATE while RESPONDING, CONFIRM of
+anything but the held speculation (a stale CONFIRM of an already dropped or
+confirmed turn is ignored, not an error). Guards: a cancel is capped to
+numbers already given to replies, and cancelling a reply older than the
+active one only raises the fence.
 
 The action order is the cancellation-first order: fence first (from that
 instant no event of the turn is delivered anywhere), then clear the output
-buffers, then cancel the generating work, then record what was delivered.
-A new commit while a reply is in progress supersedes it (the user spoke again).
+buffers, then cancel the generating work, then record what was delivered
+(``turn.interrupted``; for a dropped speculation, nothing was). RELEASE opens
+the output gate for a confirmed speculation: what it had prepared goes out at
+once. A new commit while a reply is in progress supersedes it.
 """
 
 from __future__ import annotations
@@ -64,12 +83,15 @@ __all__ = ["Action", "Decision", "Input", "State", "TurnMachine", "TurnSnapshot"
 
 class State(enum.Enum):
     LISTENING = "listening"
+    SPECULATING = "speculating"
     RESPONDING = "responding"
     CLOSED = "closed"
 
 
 class Input(enum.Enum):
     COMMIT = "commit"
+    SPECULATE = "speculate"
+    CONFIRM = "confirm"
     INTERRUPT = "interrupt"
     CANCEL = "cancel"
     PLAYED = "played"
@@ -77,27 +99,56 @@ class Input(enum.Enum):
 
 
 class Action(enum.Enum):
-    FENCE = "fence"  # raise the fence to Decision.target
-    CLEAR = "clear"  # tell every output to drop buffered audio of turns <= target
-    CANCEL = "cancel"  # cancel in-flight work on turns <= target
-    RECORD = "record"  # record what of the target's reply was delivered (turn.interrupted)
-    ADVANCE = "advance"  # the committed turn becomes active; epoch moves past it
+    FENCE = "fence"  # raise the fence to the machine's ``fence``
+    CLEAR = "clear"  # tell the outputs to drop buffered audio of turns <= fence
+    CANCEL = "cancel"  # cancel in-flight work on turns <= fence
+    RECORD = "record"  # record what of Decision.target was delivered (turn.interrupted)
+    RELEASE = "release"  # open the output gate for Decision.committed (a confirmed speculation)
+    ADVANCE = "advance"  # Decision.committed became the active reply; the epoch moved past it
 
 
-L, R, C = State.LISTENING, State.RESPONDING, State.CLOSED
-F, CL, CA, RE, AD = Action.FENCE, Action.CLEAR, Action.CANCEL, Action.RECORD, Action.ADVANCE
+L, S, R, C = State.LISTENING, State.SPECULATING, State.RESPONDING, State.CLOSED
+F, CL, CA, RE, RL, AD = (
+    Action.FENCE,
+    Action.CLEAR,
+    Action.CANCEL,
+    Action.RECORD,
+    Action.RELEASE,
+    Action.ADVANCE,
+)
+_DROP = (F, CL, CA, RE)
 
 _TRANSITIONS: dict[tuple[State, Input], tuple[State, tuple[Action, ...]]] = {
     (L, Input.COMMIT): (R, (AD,)),
-    (R, Input.COMMIT): (R, (F, CL, CA, RE, AD)),
+    (S, Input.COMMIT): (R, (*_DROP, AD)),
+    (R, Input.COMMIT): (R, (*_DROP, AD)),
+    (L, Input.SPECULATE): (S, (AD,)),
+    (S, Input.SPECULATE): (S, (*_DROP, AD)),
+    (S, Input.CONFIRM): (R, (RL,)),
     (L, Input.INTERRUPT): (L, ()),
-    (R, Input.INTERRUPT): (L, (F, CL, CA, RE)),
+    (S, Input.INTERRUPT): (S, ()),
+    (R, Input.INTERRUPT): (L, _DROP),
     (L, Input.CANCEL): (L, (F, CL, CA)),
-    (R, Input.CANCEL): (L, (F, CL, CA, RE)),
+    (S, Input.CANCEL): (L, _DROP),
+    (R, Input.CANCEL): (L, _DROP),
     (L, Input.PLAYED): (L, ()),
+    (S, Input.PLAYED): (S, ()),
     (R, Input.PLAYED): (L, ()),
     (L, Input.CLOSE): (C, (F, CL, CA)),
-    (R, Input.CLOSE): (C, (F, CL, CA, RE)),
+    (S, Input.CLOSE): (C, _DROP),
+    (R, Input.CLOSE): (C, _DROP),
+}
+
+#: Why a reply ended early, by (state it was in, input): the ``reason`` of turn.interrupted.
+_REASONS: dict[tuple[State, Input], str] = {
+    (S, Input.COMMIT): "speculation_miss",
+    (R, Input.COMMIT): "superseded",
+    (S, Input.SPECULATE): "speculation_replaced",
+    (R, Input.INTERRUPT): "barge_in",
+    (S, Input.CANCEL): "speculation_discarded",
+    (R, Input.CANCEL): "cancel",
+    (S, Input.CLOSE): "closed",
+    (R, Input.CLOSE): "closed",
 }
 
 
@@ -105,16 +156,19 @@ _TRANSITIONS: dict[tuple[State, Input], tuple[State, tuple[Action, ...]]] = {
 class Decision:
     """What the shell must do, in order.
 
-    ``target`` is the reply the actions are about (the one to RECORD); FENCE,
-    CLEAR and CANCEL apply to every turn up to the machine's ``fence``.
+    ``target`` is the reply that ended (the one to RECORD); FENCE, CLEAR and
+    CANCEL apply to every turn up to the machine's ``fence``. ``committed`` is
+    the reply that COMMIT or SPECULATE started, or that CONFIRM released.
+    ``speculative`` says whether ``target`` was a held speculation (nothing of
+    it ever reached the client).
     """
 
     input: Input
     actions: tuple[Action, ...]
     target: int = 0
-    #: The turn committed by this input (ADVANCE), else 0.
     committed: int = 0
     reason: str = ""
+    speculative: bool = False
 
     @property
     def accepted(self) -> bool:
@@ -132,7 +186,7 @@ class TurnSnapshot(msgspec.Struct, frozen=True):
 
 
 class TurnMachine:
-    """Pure turn/interrupt logic. See the module docstring."""
+    """Pure turn/interrupt/speculation logic. See the module docstring."""
 
     __slots__ = ("active", "epoch", "fence", "state")
 
@@ -144,39 +198,46 @@ class TurnMachine:
 
     # -- inputs -------------------------------------------------------------------------
 
-    def commit(self, turn: int) -> Decision:
-        """Turn ``turn`` ended; the bot will reply to it. ``turn`` must be the current epoch."""
+    def commit(self) -> Decision:
+        """The user's turn ended: a committed reply starts; it takes the current epoch."""
         self._check_open(Input.COMMIT)
-        if turn <= self.fence:
-            return Decision(Input.COMMIT, (), reason=f"turn {turn} is already fenced")
-        if turn != self.epoch:
+        return self._apply(Input.COMMIT, started=self.epoch)
+
+    def speculate(self) -> Decision:
+        """A speculative reply starts (held back until confirmed); it takes the current epoch."""
+        self._check_open(Input.SPECULATE)
+        if self.state is State.RESPONDING:
             raise TurnProtocolError(
-                f"commit of turn {turn}, but the current turn is {self.epoch}"
-                + (" (already committed)" if turn < self.epoch else "")
+                f"speculation while reply {self.active} is in progress (fencing the "
+                "speculation would fence that reply)"
             )
-        superseded = self.active if self.state is State.RESPONDING else 0
-        return self._apply(Input.COMMIT, target=superseded, committed=turn, reason="superseded")
+        return self._apply(Input.SPECULATE, started=self.epoch)
+
+    def confirm(self, turn: int) -> Decision:
+        """The speculation ``turn`` is the reply: release what it prepared."""
+        self._check_open(Input.CONFIRM)
+        if self.state is not State.SPECULATING or turn != self.active:
+            return Decision(Input.CONFIRM, (), reason=f"turn {turn} is not the held speculation")
+        return self._apply(Input.CONFIRM, started=turn)
 
     def interrupt(self) -> Decision:
-        """A request to interrupt; accepted only while a reply is in progress."""
+        """A request to interrupt; accepted only while a committed reply is in progress."""
         self._check_open(Input.INTERRUPT)
-        if self.state is State.LISTENING:
-            return Decision(Input.INTERRUPT, (), reason="no reply in progress")
-        return self._apply(Input.INTERRUPT, target=self.active, reason="barge_in")
+        if self.state is not State.RESPONDING:
+            return Decision(Input.INTERRUPT, (), reason="nothing audible to interrupt")
+        return self._apply(Input.INTERRUPT)
 
     def cancel(self, turn: int) -> Decision:
-        """Cancel the reply of ``turn`` and older. Only committed turns can be cancelled."""
+        """Cancel the reply ``turn`` and older. Only numbers given to replies can be cancelled."""
         self._check_open(Input.CANCEL)
         target = min(turn, self.epoch - 1)
         if target <= self.fence:
-            return Decision(
-                Input.CANCEL, (), reason=f"turn {turn} is already fenced or uncommitted"
-            )
-        if self.state is State.RESPONDING and target < self.active:
+            return Decision(Input.CANCEL, (), reason=f"turn {turn} is already fenced or unused")
+        if self.state is not State.LISTENING and target < self.active:
             # Cancelling an older, finished reply: fence it, leave the active one alone.
             self.fence = target
             return Decision(Input.CANCEL, (F,), target=target, reason="cancel")
-        return self._apply(Input.CANCEL, target=target, reason="cancel")
+        return self._apply(Input.CANCEL, fence_to=target)
 
     def played(self, turn: int) -> Decision:
         """The reply of ``turn`` was played out completely."""
@@ -188,11 +249,16 @@ class TurnMachine:
         return Decision(Input.PLAYED, (), reason="stale")
 
     def close(self) -> Decision:
-        """The session ends: fence everything, including the uncommitted turn."""
+        """The session ends: fence everything, including the numbers not yet used."""
         self._check_open(Input.CLOSE)
-        return self._apply(Input.CLOSE, target=self.active, reason="closed")
+        return self._apply(Input.CLOSE, fence_to=self.epoch)
 
     # -- state ------------------------------------------------------------------------
+
+    @property
+    def held(self) -> int:
+        """The speculative reply whose output is held back, or 0."""
+        return self.active if self.state is State.SPECULATING else 0
 
     def is_fenced(self, turn: int) -> bool:
         """Whether output of ``turn`` is fenced."""
@@ -209,8 +275,8 @@ class TurnMachine:
         except ValueError:
             raise TurnProtocolError(f"snapshot has unknown state {snap.state!r}") from None
         consistent = snap.epoch >= 1 and 0 <= snap.fence <= snap.epoch
-        if state is State.RESPONDING:
-            consistent = consistent and snap.fence < snap.active == snap.epoch - 1
+        if state in (State.RESPONDING, State.SPECULATING):
+            consistent = consistent and snap.fence < snap.active < snap.epoch
         else:
             consistent = consistent and snap.active == 0
         if not consistent:
@@ -226,17 +292,24 @@ class TurnMachine:
         if self.state is State.CLOSED:
             raise TurnProtocolError(f"{inp.value} after the session closed")
 
-    def _apply(self, inp: Input, *, target: int, committed: int = 0, reason: str) -> Decision:
-        next_state, actions = _TRANSITIONS[(self.state, inp)]
+    def _apply(self, inp: Input, *, started: int = 0, fence_to: int = 0) -> Decision:
+        key = (self.state, inp)
+        next_state, actions = _TRANSITIONS[key]
+        ended = self.active if self.state is not State.LISTENING else 0
+        speculative = self.state is State.SPECULATING
         if Action.FENCE in actions:
-            self.fence = max(self.fence, target)
+            self.fence = max(self.fence, ended, fence_to)
         if Action.ADVANCE in actions:
-            self.active = committed
-            self.epoch = committed + 1
-        elif next_state is not State.RESPONDING:
+            self.active = started
+            self.epoch = started + 1
+        elif next_state in (State.LISTENING, State.CLOSED):
             self.active = 0
-        if inp is Input.CLOSE:
-            # Nothing of any turn may leave a closed session.
-            self.fence = max(self.fence, self.epoch)
         self.state = next_state
-        return Decision(inp, actions, target=target, committed=committed, reason=reason)
+        return Decision(
+            inp,
+            actions,
+            target=ended if Action.RECORD in actions else 0,
+            committed=started,
+            reason=_REASONS.get(key, inp.value),
+            speculative=speculative,
+        )

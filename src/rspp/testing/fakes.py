@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import re
 import time
 from collections.abc import AsyncIterator
@@ -32,23 +33,55 @@ from rspp.events import (
     TtsAudio,
     TtsDone,
     TurnCommit,
+    TurnSpeculate,
     VadSpeechEnd,
     VadSpeechStart,
 )
 from rspp.kernel.node import Node, NodeConfig
+from rspp.nodes.chunker import ChunkMode, TextChunker
 from rspp.nodes.text import spread_words
 from rspp.testing.audio import tone
 
-__all__ = ["FakeAsr", "FakeLlm", "FakeLlmStream", "FakeTts", "tick"]
+__all__ = [
+    "FakeAsr",
+    "FakeLlm",
+    "FakeLlmStream",
+    "FakeTts",
+    "ScriptLine",
+    "draw",
+    "normalize",
+    "tick",
+]
 
 _TICKS = itertools.count(1)
 _TOKEN = re.compile(r"\S+\s*")
-_SENTENCE = re.compile(r"^(.*?[.!?])(\s+|$)", re.S)
 
 
 def tick() -> int:
     """A process-wide, strictly increasing counter: orders production against kernel decisions."""
     return next(_TICKS)
+
+
+#: A latency or rate: a fixed value, or ``[low, high]`` drawn uniformly per request.
+Profile = float | tuple[float, float]
+
+
+def draw(profile: Profile, seed: int, key: str) -> float:
+    """A value of ``profile`` for the request ``key``.
+
+    Deterministic: the same seed and key always give the same value, so the same
+    request costs the same in every run and every mode of a benchmark.
+    """
+    if isinstance(profile, (int, float)):
+        return float(profile)
+    low, high = profile
+    return random.Random(f"{seed}:{key}").uniform(low, high)
+
+
+def _check_profile(name: str, profile: Profile, low: float) -> None:
+    first, last = (profile, profile) if isinstance(profile, (int, float)) else profile
+    if first < low or last < first:
+        raise ValueError(f"{name}: must be >= {low} (a range must be [low, high])")
 
 
 async def _work(delay_s: float, ignore_cancel: bool) -> bool:
@@ -65,15 +98,27 @@ async def _work(delay_s: float, ignore_cancel: bool) -> bool:
 # --------------------------------------------------------------------------- ASR
 
 
+class ScriptLine(NodeConfig):
+    """One utterance: its final transcript, and what partials show before it (if different)."""
+
+    text: str
+    #: What the recogniser believes while the user speaks (a hypothesis that changes late).
+    partial: str | None = None
+
+
 class FakeAsrConfig(NodeConfig):
-    #: The transcripts of the user's utterances, in order (the fake cannot listen).
-    script: list[str] = []
+    #: The transcripts of the user's speech segments, in order (the fake cannot listen).
+    script: list[str | ScriptLine] = []
     #: Speaking rate used to reveal words in partials, as speech audio arrives.
     words_per_s: Annotated[float, Meta(gt=0.0)] = 3.0
-    #: Time from the end of speech to the final transcript.
-    final_ms: Annotated[float, Meta(ge=0.0)] = 200.0
+    #: Time from the end of speech to the final transcript (ms, or a [low, high] range).
+    final_ms: Profile = 200.0
     #: How many trailing words of a partial are not yet stable.
     unstable_words: Annotated[int, Meta(ge=0)] = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_profile("final_ms", self.final_ms, 0.0)
 
 
 class FakeAsr(Node[FakeAsrConfig]):
@@ -86,6 +131,7 @@ class FakeAsr(Node[FakeAsrConfig]):
     def __init__(self, config: FakeAsrConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
         self.next_utterance = 0
+        self._final_text = ""
         self._words: list[str] = []
         self._speech_ns = 0
         self._shown = 0
@@ -98,16 +144,21 @@ class FakeAsr(Node[FakeAsrConfig]):
                 self._partial()
         elif isinstance(event, VadSpeechStart):
             script = self.config.script
-            text = script[self.next_utterance] if self.next_utterance < len(script) else ""
+            line = script[self.next_utterance] if self.next_utterance < len(script) else ""
             self.next_utterance += 1
-            self._words = text.split()
+            if isinstance(line, str):
+                line = ScriptLine(text=line)
+            self._final_text = " ".join(line.text.split())
+            self._words = (line.partial if line.partial is not None else line.text).split()
             self._speech_ns = 0
             self._shown = 0
             self._active = True
         elif isinstance(event, VadSpeechEnd) and self._active:
             self._active = False
-            text = " ".join(self._words)
-            self.ctx.call_later(self.config.final_ms / 1000, self._final, text, event)
+            text = self._final_text
+            cfg = self.config
+            delay_ms = draw(cfg.final_ms, cfg.seed, text)
+            self.ctx.call_later(delay_ms / 1000, self._final, text, event)
 
     def _partial(self) -> None:
         shown = min(len(self._words), int(self._speech_ns / 1e9 * self.config.words_per_s))
@@ -185,21 +236,38 @@ class FakeLlmStream:
 
 
 class FakeLlmConfig(NodeConfig):
-    #: Time to first token.
-    ttft_ms: Annotated[float, Meta(ge=0.0)] = 400.0
-    #: Token rate after the first.
-    tokens_per_s: Annotated[float, Meta(gt=0.0)] = 40.0
-    #: Replies, one per commit this node handles, cycled (a commit that never reaches the
-    #: node does not use one up); empty: a reply built from the user's words.
-    replies: list[str] = []
+    #: Time to first token (ms, or a [low, high] range drawn per request).
+    ttft_ms: Profile = 400.0
+    #: Token rate after the first (tokens/s, or a range).
+    tokens_per_s: Profile = 40.0
+    #: The replies. A list is used in turn, one per request (cycled); a mapping answers
+    #: by the user's words (compared case- and punctuation-blind). Anything else, or an
+    #: empty list: a reply built from the user's words.
+    replies: list[str] | dict[str, str] = []
     #: Test knob: swallow cancellation and finish the current token anyway.
     ignore_cancel: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_profile("ttft_ms", self.ttft_ms, 0.0)
+        _check_profile("tokens_per_s", self.tokens_per_s, 1e-3)
+
+
+def normalize(text: str) -> str:
+    """Lower case, punctuation dropped, single spaces: how transcripts are compared."""
+    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
 
 
 class FakeLlm(Node[FakeLlmConfig]):
-    """LLM stand-in: streams a scripted reply as ``llm.delta`` tokens, then ``llm.done``."""
+    """LLM stand-in: streams a scripted reply as ``llm.delta`` tokens, then ``llm.done``.
+
+    It answers reply roots, committed or speculative, and records the prompt it
+    was given (the session's conversation history plus the user's words), so tests
+    can check what context a model would have seen.
+    """
 
     consumes: ClassVar[tuple[str, ...]] = ("turn.commit",)
+    accepts: ClassVar[tuple[str, ...]] = ("turn.speculate",)
     produces: ClassVar[tuple[str, ...]] = ("llm.delta", "llm.done")
     Config = FakeLlmConfig
 
@@ -208,23 +276,34 @@ class FakeLlm(Node[FakeLlmConfig]):
         self.replies_started = 0
         #: Every provider stream opened, in order.
         self.streams: list[FakeLlmStream] = []
+        #: The prompt of every request: (turn, [(role, text), ...] history + the user's text).
+        self.prompts: list[tuple[int, list[tuple[str, str]]]] = []
+        replies = config.replies
+        self._by_text = (
+            {normalize(k): v for k, v in replies.items()} if isinstance(replies, dict) else {}
+        )
 
     def reply_for(self, user_text: str) -> str:
         replies = self.config.replies
-        if replies:
+        if isinstance(replies, list) and replies:
             return replies[self.replies_started % len(replies)]
+        known = self._by_text.get(normalize(user_text))
+        if known is not None:
+            return known
         return f"You said: {user_text}. That is a fine thing to say. Tell me more about it."
 
     async def stream(self, event: Event) -> AsyncIterator[Event]:
-        assert isinstance(event, TurnCommit)
+        assert isinstance(event, (TurnCommit, TurnSpeculate))
+        history = [(m.role, m.text) for m in self.ctx.conversation.history(before=event.turn)]
+        self.prompts.append((event.turn, [*history, ("user", event.text)]))
         text = self.reply_for(event.text)
         self.replies_started += 1
         cfg = self.config
         provider = FakeLlmStream(
             text,
             turn=event.turn,
-            ttft_s=cfg.ttft_ms / 1000,
-            interval_s=1 / cfg.tokens_per_s,
+            ttft_s=draw(cfg.ttft_ms, cfg.seed, event.text) / 1000,
+            interval_s=1 / draw(cfg.tokens_per_s, cfg.seed + 1, event.text),
             ignore_cancel=cfg.ignore_cancel,
         )
         self.streams.append(provider)
@@ -244,21 +323,36 @@ class FakeLlm(Node[FakeLlmConfig]):
 
 
 class FakeTtsConfig(NodeConfig):
-    #: Time to first audio of each sentence.
-    ttfa_ms: Annotated[float, Meta(ge=0.0)] = 150.0
-    #: Real-time factor: compute time per second of audio after the first chunk.
-    rtf: Annotated[float, Meta(ge=0.0)] = 0.2
+    #: Time to first audio of each piece of text (ms, or a [low, high] range per piece).
+    ttfa_ms: Profile = 150.0
+    #: Real-time factor: compute time per second of audio after the first chunk (or a range).
+    rtf: Profile = 0.2
     #: Spoken duration per character of text.
     ms_per_char: Annotated[float, Meta(gt=0.0)] = 60.0
     #: Size of the audio chunks produced.
     chunk_ms: Annotated[float, Meta(ge=1.0)] = 200.0
     sample_rate: Annotated[int, Meta(ge=1000, le=384_000)] = 16000
+    #: How the text stream is cut into pieces to synthesize (``full``: wait for the whole reply).
+    chunking: ChunkMode = "sentence"
+    #: The shortest piece worth synthesizing on its own.
+    min_chars: Annotated[int, Meta(ge=1)] = 1
+    #: Stream audio as it is synthesized; False: a piece's audio comes out when all of it is done.
+    stream_audio: bool = True
     #: Test knob: swallow cancellation and finish the current chunk anyway.
     ignore_cancel: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_profile("ttfa_ms", self.ttfa_ms, 0.0)
+        _check_profile("rtf", self.rtf, 0.0)
 
 
 class FakeTts(Node[FakeTtsConfig]):
-    """TTS stand-in: synthesizes each complete sentence as tone chunks carrying its words."""
+    """TTS stand-in: synthesizes each piece of text as tone chunks carrying its words.
+
+    The text stream of each reply goes through a :class:`~rspp.nodes.chunker.TextChunker`:
+    with ``sentence`` chunking the first audio can leave before the LLM is done.
+    """
 
     consumes: ClassVar[tuple[str, ...]] = ("llm.delta", "llm.done")
     produces: ClassVar[tuple[str, ...]] = ("tts.audio", "tts.done")
@@ -266,24 +360,31 @@ class FakeTts(Node[FakeTtsConfig]):
 
     def __init__(self, config: FakeTtsConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
-        self._pending: dict[int, str] = {}  # turn -> text not yet synthesized
+        self._chunkers: dict[int, TextChunker] = {}  # turn -> its text not yet synthesized
         #: Every chunk produced: (tick, turn).
         self.produced: list[tuple[int, int]] = []
+        #: Every piece of text synthesized: (turn, text).
+        self.pieces: list[tuple[int, str]] = []
         self.ignored_cancels = 0
 
+    def _chunker(self, turn: int) -> TextChunker:
+        chunker = self._chunkers.get(turn)
+        if chunker is None:
+            cfg = self.config
+            chunker = self._chunkers[turn] = TextChunker(cfg.chunking, min_chars=cfg.min_chars)
+        return chunker
+
     async def stream(self, event: Event) -> AsyncIterator[Event]:
-        for turn in [t for t in self._pending if self.ctx.is_fenced(t)]:
-            del self._pending[turn]
+        for turn in [t for t in self._chunkers if self.ctx.is_fenced(t)]:
+            del self._chunkers[turn]
         turn = event.turn
         if isinstance(event, LlmDelta):
-            text = self._pending.get(turn, "") + event.text
-            while match := _SENTENCE.match(text):
-                sentence, text = match.group(0), text[match.end() :]
-                async for chunk in self._synthesize(sentence, turn):
+            for piece in self._chunker(turn).push(event.text):
+                async for chunk in self._synthesize(piece, turn):
                     yield chunk
-            self._pending[turn] = text
         elif isinstance(event, LlmDone):
-            rest = self._pending.pop(turn, "")
+            rest = self._chunker(turn).flush()
+            del self._chunkers[turn]
             if rest.strip():
                 async for chunk in self._synthesize(rest, turn):
                     yield chunk
@@ -291,22 +392,33 @@ class FakeTts(Node[FakeTtsConfig]):
 
     async def _synthesize(self, text: str, turn: int) -> AsyncIterator[TtsAudio]:
         cfg = self.config
+        self.pieces.append((turn, text))
         duration_ms = max(cfg.chunk_ms / 2, len(text.strip()) * cfg.ms_per_char)
         count = max(1, round(duration_ms / cfg.chunk_ms))
         chunk_ms = duration_ms / count
+        ttfa_s = draw(cfg.ttfa_ms, cfg.seed, text) / 1000
+        rtf = draw(cfg.rtf, cfg.seed + 1, text)
+        chunks = []
         for i, words in enumerate(spread_words(text, count)):
-            delay = cfg.ttfa_ms / 1000 if i == 0 else chunk_ms * cfg.rtf / 1000
+            delay = ttfa_s if i == 0 else chunk_ms * rtf / 1000
             if await _work(delay, cfg.ignore_cancel):
                 self.ignored_cancels += 1
             self.produced.append((tick(), turn))
-            yield TtsAudio(
+            chunk = TtsAudio(
                 pcm=tone(chunk_ms, cfg.sample_rate, freq=200.0 + 20 * (turn % 5)),
                 sample_rate=cfg.sample_rate,
                 text=words,
             )
+            if cfg.stream_audio:
+                yield chunk
+            else:
+                chunks.append(chunk)
+        for chunk in chunks:
+            yield chunk
 
     def snapshot(self) -> Any:
-        return {"pending": {str(k): v for k, v in self._pending.items()}}
+        return {"pending": {str(k): c.pending for k, c in self._chunkers.items()}}
 
     def restore(self, state: Any) -> None:
-        self._pending = {int(k): v for k, v in state["pending"].items()}
+        for turn, text in state["pending"].items():
+            self._chunker(int(turn)).push(text)
