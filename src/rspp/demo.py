@@ -1,9 +1,12 @@
-"""The demo conversation: a scripted caller talks to the demo pipeline, barge-in included.
+"""The demo conversation: a scripted caller talks to the demo pipeline.
 
-Until real models land, the pipeline is a real energy VAD, the kernel's own
-nodes, and the test kit's fake ASR/LLM/TTS with realistic latency profiles.
-The run is real time by default (the kernel on a real event loop), or
-virtual time (``virtual=True``) for an instant, deterministic run.
+The pipeline (``rspp/pipelines/demo.toml``) is a real energy VAD, the turn
+manager with speculation on, and the kernel's own nodes; the test kit's fake
+ASR/LLM/TTS with realistic latency profiles stand in for models until real
+ones land. The call has a backchannel ("uh-huh", which must not stop the bot)
+and a real barge-in. The run is real time by default (the kernel on a real
+event loop), or virtual time (``virtual=True``) for an instant, deterministic
+run.
 """
 
 from __future__ import annotations
@@ -16,39 +19,74 @@ from typing import Any
 
 import msgspec
 
-from rspp.events import Event, JsonCodec, LlmDelta, TurnCommit, TurnInterrupted
+from rspp.events import Event, JsonCodec, LlmDelta
 from rspp.kernel import Pipeline, TurnLatency, build, load_spec
+from rspp.kernel.latency import SpeculationStats
 from rspp.kernel.session import SessionStats
+from rspp.observability import Timeline, write_html
 from rspp.testing import RecordingSink, ScriptedCaller, Utterance, VirtualClock, wav_bytes
 
-__all__ = ["DEMO_SCRIPT", "DemoResult", "TurnReport", "demo_pipeline", "run_demo"]
+__all__ = ["DEMO_SCRIPT", "DemoLine", "DemoResult", "TurnReport", "demo_pipeline", "run_demo"]
 
-#: (what the caller says, barge in after ms or None, what the fake LLM answers)
-DEMO_SCRIPT: list[tuple[str, float | None, str]] = [
-    (
+
+@dataclass(frozen=True)
+class DemoLine:
+    """What the caller says, when, and what the (fake) LLM answers; no reply: a backchannel."""
+
+    user: str
+    reply: str | None
+    barge_in_after_ms: float | None = None
+    #: What the recogniser believes while the user speaks, when it corrects itself late.
+    partial: str | None = None
+
+
+DEMO_SCRIPT: list[DemoLine] = [
+    DemoLine(
         "Hi, who am I talking to?",
-        None,
         "Hello! I am a demo voice agent running on the RSPP kernel.",
     ),
-    (
+    DemoLine(
         "What will the weather be like in Paris tomorrow?",
-        None,
         "Tomorrow in Paris it will be mild and mostly cloudy, around fourteen degrees. "
         "There is a chance of light rain in the late afternoon, so take an umbrella. "
         "The wind will be light from the west, and the evening should be dry and cool.",
     ),
-    (
+    DemoLine("Uh-huh.", None, barge_in_after_ms=2500.0),
+    DemoLine(
         "Sorry, stop, I meant London.",
-        1500.0,
         "No problem. In London tomorrow expect showers and about twelve degrees.",
+        barge_in_after_ms=6500.0,
     ),
-    ("Great, thank you. Goodbye!", None, "You are welcome. Goodbye!"),
+    DemoLine(
+        "Great, thank you. Goodbye!",
+        "You are welcome. Goodbye!",
+        partial="Great, thank you. Good night",
+    ),
 ]
+
+
+def demo_pipeline(script: list[DemoLine] = DEMO_SCRIPT, **overrides: Any) -> Pipeline:
+    """The packaged demo pipeline with the fakes scripted for ``script``.
+
+    The fake ASR "hears" the lines in order and the fake LLM answers each user
+    line with its scripted reply. ``overrides`` maps a node name to config
+    values to change (``turns={"speculate": False}``).
+    """
+    spec = load_spec(Path(str(files("rspp.pipelines") / "demo.toml")))
+    for node in spec.nodes:
+        if node.name == "asr":
+            node.config["script"] = [
+                {"text": line.user, "partial": line.partial} for line in script
+            ]
+        elif node.name == "llm":
+            node.config["replies"] = {line.user: line.reply for line in script if line.reply}
+        node.config.update(overrides.get(node.name, {}))
+    return build(spec)
 
 
 @dataclass
 class TurnReport:
-    """One turn of the demo, as the user experienced it."""
+    """One exchange of the demo, as the user experienced it."""
 
     turn: int
     user: str
@@ -62,64 +100,62 @@ class TurnReport:
 class DemoResult:
     turns: list[TurnReport]
     stats: SessionStats
+    speculation: SpeculationStats
     bot_pcm: bytes
+    timeline: Timeline
     events: list[Event] = field(default_factory=list)
 
 
-Script = list[tuple[str, float | None, str]]
-
-
-def demo_pipeline(script: Script = DEMO_SCRIPT, **llm_config: Any) -> Pipeline:
-    """The packaged demo pipeline with the fakes scripted for ``script``.
-
-    The fake ASR "hears" the user lines in order and the fake LLM answers with
-    the scripted replies; ``llm_config`` overrides more of the LLM's config.
-    """
-    spec = load_spec(Path(str(files("rspp.pipelines") / "demo.toml")))
-    for node in spec.nodes:
-        if node.name == "asr":
-            node.config["script"] = [user for user, _, _ in script]
-        elif node.name == "llm":
-            node.config["replies"] = [reply for _, _, reply in script]
-            node.config.update(llm_config)
-    return build(spec)
-
-
-async def _converse(script: Script) -> DemoResult:
+async def _converse(script: list[DemoLine]) -> DemoResult:
     pipeline = demo_pipeline(script)
     sink = RecordingSink()
     events: list[Event] = []
-    async with pipeline.session("demo", sinks={"client": sink}, observers=[events.append]) as s:
+    timeline = Timeline()
+    async with pipeline.session(
+        "demo", sinks={"client": sink}, observers=[events.append, timeline]
+    ) as session:
         caller = ScriptedCaller(
-            s,
+            session,
             sink,
-            [Utterance(user, barge_in_after_ms=barge) for user, barge, _ in script],
+            [
+                Utterance(
+                    line.user,
+                    barge_in_after_ms=line.barge_in_after_ms,
+                    expects_reply=line.reply is not None,
+                )
+                for line in script
+            ],
         )
         await caller.play()
-    users = {ev.turn: ev.text for ev in events if isinstance(ev, TurnCommit)}
-    replies: dict[int, str] = {}
+    generated: dict[int, str] = {}
     for ev in events:
         if isinstance(ev, LlmDelta):
-            replies[ev.turn] = replies.get(ev.turn, "") + ev.text
-    interrupted = {ev.turn for ev in events if isinstance(ev, TurnInterrupted)}
-    latencies = {lat.turn: lat for lat in s.turn_latencies}
-    turns = [
-        TurnReport(
-            turn=turn,
-            user=user,
-            reply=replies.get(turn, ""),
-            heard="".join(f.text for f in sink.audio(turn)),
-            interrupted=turn in interrupted,
-            latency=latencies.get(turn),
+            generated[ev.turn] = generated.get(ev.turn, "") + ev.text
+    latencies = {lat.turn: lat for lat in session.turn_latencies}
+    history = session.conversation.history()
+    turns = []
+    for user, assistant in zip(history[::2], history[1::2], strict=False):
+        turns.append(
+            TurnReport(
+                turn=assistant.turn,
+                user=user.text,
+                reply=generated.get(assistant.turn, ""),
+                heard=assistant.text,
+                interrupted=assistant.interrupted,
+                latency=latencies.get(assistant.turn),
+            )
         )
-        for turn, user in sorted(users.items())
-    ]
-    return DemoResult(turns=turns, stats=s.stats, bot_pcm=sink.pcm(), events=events)
+    return DemoResult(
+        turns=turns,
+        stats=session.stats,
+        speculation=session.speculation,
+        bot_pcm=sink.pcm(),
+        timeline=timeline,
+        events=events,
+    )
 
 
-def run_demo(
-    *, virtual: bool = False, script: list[tuple[str, float | None, str]] | None = None
-) -> DemoResult:
+def run_demo(*, virtual: bool = False, script: list[DemoLine] | None = None) -> DemoResult:
     """Run the demo conversation and return what happened."""
     coro = _converse(script or DEMO_SCRIPT)
     if virtual:
@@ -128,7 +164,7 @@ def run_demo(
 
 
 def write_outputs(result: DemoResult, out: Path) -> list[Path]:
-    """Write the bot audio (WAV), the transcript (JSON) and the event log (JSON lines)."""
+    """Write the bot audio (WAV), the transcript (JSON), the events (JSON lines), the timeline."""
     out.mkdir(parents=True, exist_ok=True)
     wav = out / "bot.wav"
     wav.write_bytes(wav_bytes(result.bot_pcm))
@@ -140,4 +176,5 @@ def write_outputs(result: DemoResult, out: Path) -> list[Path]:
         for ev in result.events:
             if ev.kind != "audio.out":
                 f.write(codec.encode(ev) + b"\n")
-    return [wav, transcript, log]
+    timeline = write_html(result.timeline, out / "timeline.html", "RSPP demo call")
+    return [wav, transcript, log, timeline]

@@ -24,11 +24,12 @@ def _demo(args: argparse.Namespace) -> int:
 
     console = Console()
     if not console.is_terminal:  # a log or a pipe: do not wrap the table at 80 columns
-        console = Console(width=110)
+        console = Console(width=130)
     mode = "virtual time" if args.virtual else "real time"
     console.print(f"[bold]RSPP demo[/bold]: a scripted call through the kernel ({mode}).")
     console.print(
-        "Models are the test kit's fakes with realistic latency profiles; the VAD is real.\n"
+        "Models are the test kit's fakes with realistic latency profiles; the VAD and the\n"
+        "turn manager (end of turn, barge-in decisions, speculation) are real.\n"
     )
     with console.status("Talking to the bot..."):
         result = run_demo(virtual=args.virtual)
@@ -39,29 +40,42 @@ def _demo(args: argparse.Namespace) -> int:
             console.print(f"      [dim](generated, never heard: {turn.reply[len(turn.heard) :]!r})")
         else:
             console.print(f"[green]bot[/green]   {turn.reply.strip()}")
-    table = Table(title="Per-turn latency in ms (V2V: voice-to-voice; kernel in µs)")
-    for column in ("turn", "VAD", "ASR", "LLM TTFT", "TTS TTFA", "kernel µs", "V2V"):
+    table = Table(
+        title="Per-turn latency in ms (EOT: end of turn decided; V2V: voice-to-voice; kernel: µs)"
+    )
+    columns = ("turn", "VAD", "ASR", "EOT", "LLM TTFT", "TTS TTFA", "kernel µs", "V2V")
+    for column in columns:
         table.add_column(column, justify="right")
+    table.add_column("speculation")
     table.add_column("outcome")
     for turn in result.turns:
         lat = turn.latency
         if lat is None:
             continue
         outcome = f"interrupted after {lat.delivered_ms:,.0f} ms" if lat.interrupted else "played"
+        spec = f"hit: -{lat.saved_ms:,.0f} ms" if lat.saved_ms is not None else "-"
         table.add_row(
             str(turn.turn),
             _fmt(lat.vad_ms),
             _fmt(lat.asr_ms),
+            _fmt(lat.endpoint_ms),
             _fmt(lat.llm_ttft_ms),
             _fmt(lat.tts_ttfa_ms),
             "-" if lat.kernel_us is None else f"{lat.kernel_us:,.1f}",
             _fmt(lat.v2v_ms),
+            spec,
             outcome,
         )
     console.print(table)
+    spec = result.speculation
+    console.print(
+        f"Speculation: {spec.attempts} attempts, {spec.hits} hits, {spec.misses} misses, "
+        f"{spec.discarded} discarded; wasted {spec.wasted_llm_deltas} LLM tokens and "
+        f"{spec.wasted_tts_s:.1f} s of TTS audio."
+    )
     drops = result.stats.dropped("fenced")
     errors = result.stats.errors.total()
-    console.print(f"Stale events fenced after barge-in: {drops}; node errors: {errors}")
+    console.print(f"Events fenced after barge-in: {drops}; node errors: {errors}")
     if args.out:
         for path in write_outputs(result, Path(args.out)):
             console.print(f"wrote {path}")

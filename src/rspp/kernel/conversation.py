@@ -105,10 +105,10 @@ class Conversation:
     # -- moving a session ---------------------------------------------------------------
 
     def snapshot(self) -> list[Message]:
-        """The committed history (tentative turns are not worth moving)."""
-        return list(self.messages)
+        """A copy of the committed history (tentative turns are not worth moving)."""
+        return [msgspec.structs.replace(m) for m in self.messages]
 
     def restore(self, messages: list[Message]) -> None:
-        self.messages = list(messages)
+        self.messages = [msgspec.structs.replace(m) for m in messages]
         self._tentative.clear()
         self._assistant.clear()

@@ -42,7 +42,7 @@ from rspp.events import Event
 
 if TYPE_CHECKING:
     from rspp.kernel.conversation import Conversation
-    from rspp.kernel.session import Sink
+    from rspp.kernel.session import Sink, Timer
 
 __all__ = ["Node", "NodeConfig", "NodeContext"]
 
@@ -78,8 +78,13 @@ class NodeContext(Protocol):
         """
         ...
 
-    def call_later(self, delay_s: float, callback: Callable[..., object], *args: Any) -> None:
-        """Run ``callback(*args)`` after ``delay_s``; the session cancels it when it closes."""
+    def call_later(
+        self, delay_s: float, callback: Callable[..., object], *args: Any
+    ) -> Timer | None:
+        """Run ``callback(*args)`` after ``delay_s``; the session cancels it when it closes.
+
+        Returns a handle to cancel it earlier (None once the session has stopped).
+        """
         ...
 
     def now_ns(self) -> int:

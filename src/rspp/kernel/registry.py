@@ -24,6 +24,7 @@ _BUILTIN = {
     "passthrough": "rspp.nodes.passthrough:PassThrough",
     "energy_vad": "rspp.nodes.energy_vad:EnergyVad",
     "commit_on_final": "rspp.nodes.commit_on_final:CommitOnFinal",
+    "turn_manager": "rspp.nodes.turn_manager:TurnManagerNode",
     "audio_output": "rspp.nodes.audio_output:AudioOutput",
     "fake_asr": "rspp.testing.fakes:FakeAsr",
     "fake_llm": "rspp.testing.fakes:FakeLlm",

@@ -23,7 +23,7 @@ from rspp.kernel.spec import INPUT, Policy
 if TYPE_CHECKING:
     from rspp.kernel.conversation import Conversation
     from rspp.kernel.graph import NodePlan
-    from rspp.kernel.session import Session, Sink
+    from rspp.kernel.session import Session, Sink, Timer
 
 __all__ = ["NodeRunner"]
 
@@ -201,8 +201,10 @@ class NodeRunner:
     def emit(self, event: Event, cause: Event | None = None) -> None:
         self.session.emit(self, event, cause if cause is not None else self.current)
 
-    def call_later(self, delay_s: float, callback: Callable[..., object], *args: Any) -> None:
-        self.session.call_later(self, delay_s, callback, args)
+    def call_later(
+        self, delay_s: float, callback: Callable[..., object], *args: Any
+    ) -> Timer | None:
+        return self.session.call_later(self, delay_s, callback, args)
 
     def now_ns(self) -> int:
         return self.session.now_ns()

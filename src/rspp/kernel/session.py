@@ -62,7 +62,7 @@ from rspp.kernel.turns import Action, Decision, TurnMachine, TurnSnapshot
 if TYPE_CHECKING:
     from rspp.kernel.graph import Pipeline
 
-__all__ = ["Session", "SessionSnapshot", "SessionStats", "Sink"]
+__all__ = ["Session", "SessionSnapshot", "SessionStats", "Sink", "Timer"]
 
 log = logging.getLogger("rspp.session")
 
@@ -83,6 +83,20 @@ class Sink(Protocol):
     """
 
     def send(self, event: Event) -> None: ...
+
+
+class Timer:
+    """A pending ``call_later`` callback; ``cancel()`` it if it is no longer needed."""
+
+    __slots__ = ("_handle", "_owner")
+
+    def __init__(self, handle: asyncio.TimerHandle, owner: set[asyncio.TimerHandle]) -> None:
+        self._handle = handle
+        self._owner = owner
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+        self._owner.discard(self._handle)
 
 
 class SessionStats:
@@ -597,10 +611,10 @@ class Session:
         delay_s: float,
         callback: Callable[..., object],
         args: tuple[Any, ...],
-    ) -> None:
+    ) -> Timer | None:
         """A timer owned by the session; its callback runs as the node, errors are contained."""
         if not self._running:
-            return
+            return None
         loop = self._loop
         assert loop is not None
         handle: asyncio.TimerHandle
@@ -614,6 +628,7 @@ class Session:
 
         handle = loop.call_later(delay_s, fire)
         self._timers.add(handle)
+        return Timer(handle, self._timers)
 
     def resource(self, name: str) -> Any:
         try:

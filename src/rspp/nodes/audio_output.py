@@ -10,6 +10,12 @@ Barge-in: on ``control.clear_buffer`` the buffered frames of the cleared turns
 are dropped at once and the pacing restarts, so the next reply starts without
 waiting out the old schedule. (Even a frame already taken off the buffer
 cannot leak: the kernel drops ``audio.out`` of a fenced turn at emission.)
+Speculation: frames of a reply the kernel holds back (a speculation not yet
+confirmed) wait in the buffer, unplayed, until ``turn.confirm`` releases them
+-- then they go out at once, with the pacing starting there. ``control.pause``
+stops the playout where it is (an interruption the turn manager has not
+decided yet) and ``control.resume`` continues from the same frame.
+
 When the last frame of a turn that TTS declared done has finished playing
 (its send time plus its duration, so a barge-in during the last frame still
 counts), the node emits ``turn.done``. With ``lead_ms`` > 0 the client holds up
@@ -25,7 +31,17 @@ from typing import Annotated, Any, ClassVar
 
 from msgspec import Meta
 
-from rspp.events import AudioOut, ClearBuffer, Event, TtsAudio, TtsDone, TurnDone
+from rspp.events import (
+    AudioOut,
+    ClearBuffer,
+    Event,
+    Pause,
+    Resume,
+    TtsAudio,
+    TtsDone,
+    TurnConfirm,
+    TurnDone,
+)
 from rspp.kernel.node import Node, NodeConfig
 from rspp.nodes.text import spread_words
 
@@ -50,7 +66,12 @@ class AudioOutput(Node[AudioOutputConfig]):
 
     consumes: ClassVar[tuple[str, ...]] = ("tts.audio", "tts.done")
     produces: ClassVar[tuple[str, ...]] = ("audio.out",)
-    controls: ClassVar[tuple[str, ...]] = ("control.clear_buffer",)
+    controls: ClassVar[tuple[str, ...]] = (
+        "control.clear_buffer",
+        "control.pause",
+        "control.resume",
+        "turn.confirm",
+    )
     Config = AudioOutputConfig
 
     def __init__(self, config: AudioOutputConfig, ctx: Any) -> None:
@@ -60,6 +81,7 @@ class AudioOutput(Node[AudioOutputConfig]):
         self._next_ns = 0  # when the next frame is due (session clock)
         self._sent_ns: dict[int, int] = {}  # turn -> audio sent
         self._waiter: asyncio.Future[None] | None = None
+        self.paused = False
 
     @property
     def buffered_ms(self) -> float:
@@ -101,6 +123,15 @@ class AudioOutput(Node[AudioOutputConfig]):
             self._buffered_ns += frame.duration_ns
 
     def on_control(self, event: Event) -> None:
+        if isinstance(event, Pause):
+            self.paused = True
+            return
+        if isinstance(event, (Resume, TurnConfirm)):
+            if isinstance(event, Resume):
+                self.paused = False
+            self._next_ns = 0  # continue from here, not from the old schedule
+            self._wake()
+            return
         if isinstance(event, ClearBuffer):
             buffer = self._buffer
             if buffer and buffer[-1].turn <= event.turn:
@@ -122,8 +153,8 @@ class AudioOutput(Node[AudioOutputConfig]):
         loop = asyncio.get_running_loop()
         lead_ns = int(self.config.lead_ms * 1e6)
         while True:
-            if not self._buffer:
-                await self._sleep(loop, None)
+            if not self._buffer or self.paused or self.ctx.is_held(self._buffer[0].turn):
+                await self._sleep(loop, None)  # woken by new audio, a release or a resume
                 continue
             now = self.ctx.now_ns()
             item = self._buffer[0]

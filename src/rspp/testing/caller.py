@@ -3,9 +3,10 @@
 It sends one frame every ``frame_ms`` for the whole call -- silence while it
 listens, speech-like audio while it talks -- exactly like a microphone behind
 a transport, so the VAD sees real pauses. Each utterance waits for the bot:
-normally until the previous reply has been played out (then a pause), or, for
-a barge-in, until the previous reply has *started* and then a set delay, so
-the caller talks over the bot.
+normally until the replies it expects so far have been played out (then a
+pause), or, for a barge-in, until the latest expected reply has *started* and
+then a set delay, so the caller talks over the bot (a backchannel is a
+barge-in that expects no reply).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ class Utterance:
     duration_ms: float | None = None
     #: Silence before speaking, once it is the caller's turn.
     pause_ms: float = 400.0
-    #: Barge in: start this long after the bot's previous reply started playing.
+    #: Barge in: start this long after the bot's latest reply started playing.
     barge_in_after_ms: float | None = None
+    #: Whether the bot should answer it (False for a backchannel like "uh-huh").
+    expects_reply: bool = True
 
 
 @dataclass
@@ -70,22 +73,23 @@ class ScriptedCaller:
     async def play(self) -> list[Spoken]:
         """Play the whole script; returns what was spoken when."""
         self._next = asyncio.get_running_loop().time()
+        expected = 0  # replies the caller has asked for so far
         for index, utterance in enumerate(self.script):
-            if utterance.barge_in_after_ms is not None:
-                await self._listen_until(lambda i=index: self._replies_started() >= i, index)
-                await self._listen_for(utterance.barge_in_after_ms)
+            if utterance.barge_in_after_ms is not None and expected == 0:
+                await self._listen_for(utterance.barge_in_after_ms)  # nothing to talk over
+            elif utterance.barge_in_after_ms is not None:
+                starts = self.sink.reply_starts
+                await self._listen_until(lambda n=expected, s=starts: len(s) >= n > 0, index)
+                speak_at = starts[expected - 1] + utterance.barge_in_after_ms * 1e6
+                await self._listen_until(lambda t=speak_at: self.session.now_ns() >= t, index)
             else:
-                await self._listen_until(lambda i=index: self.sink.replies_ended >= i, index)
+                await self._listen_until(lambda n=expected: self.sink.replies_ended >= n, index)
                 await self._listen_for(utterance.pause_ms)
             await self._say(utterance, seed=index)
-        await self._listen_until(
-            lambda: self.sink.replies_ended >= len(self.script), len(self.script)
-        )
+            expected += utterance.expects_reply
+        await self._listen_until(lambda: self.sink.replies_ended >= expected, len(self.script))
         await self._listen_for(self.tail_ms)
         return self.spoken
-
-    def _replies_started(self) -> int:
-        return len(self.sink.audio_turns)
 
     async def _frame(self, pcm: bytes) -> None:
         self.session.push(AudioIn(pcm=pcm, sample_rate=self._rate))

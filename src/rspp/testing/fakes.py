@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import random
 import re
 import time
@@ -161,7 +162,7 @@ class FakeAsr(Node[FakeAsrConfig]):
             self.ctx.call_later(delay_ms / 1000, self._final, text, event)
 
     def _partial(self) -> None:
-        shown = min(len(self._words), int(self._speech_ns / 1e9 * self.config.words_per_s))
+        shown = min(len(self._words), math.ceil(self._speech_ns / 1e9 * self.config.words_per_s))
         if shown > self._shown:
             self._shown = shown
             stable = max(0, shown - self.config.unstable_words)

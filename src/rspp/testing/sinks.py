@@ -19,12 +19,16 @@ class RecordingSink:
         self._replies_ended = 0
         #: Turns of which at least one audio frame arrived.
         self.audio_turns: set[int] = set()
+        #: When each reply's first audio frame arrived, in order (ns).
+        self.reply_starts: list[int] = []
 
     def send(self, event: Event) -> None:
         loop = asyncio.get_running_loop()
-        self.records.append((round(loop.time() * 1e9), event))
-        if isinstance(event, AudioOut):
+        now = round(loop.time() * 1e9)
+        self.records.append((now, event))
+        if isinstance(event, AudioOut) and event.turn not in self.audio_turns:
             self.audio_turns.add(event.turn)
+            self.reply_starts.append(now)
         elif event.kind in ("turn.done", "turn.interrupted"):
             self._replies_ended += 1
         waiters, self._waiters = self._waiters, []
