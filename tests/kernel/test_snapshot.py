@@ -7,7 +7,7 @@ import asyncio
 import msgspec
 import pytest
 
-from rspp.demo import DEMO_SCRIPT, demo_pipeline
+from rspp.demo import DEMO_SCRIPT, DemoLine, demo_pipeline
 from rspp.events import LlmDelta, TurnCommit
 from rspp.kernel import InvalidInput, Pipeline, SessionSnapshot
 from rspp.testing import RecordingSink, ScriptedCaller, Utterance, run_virtual
@@ -15,8 +15,13 @@ from rspp.testing import RecordingSink, ScriptedCaller, Utterance, run_virtual
 from .helpers import make_pipeline
 
 
-def utterances(lines: list[tuple[str, float | None, str]]) -> list[Utterance]:
-    return [Utterance(user, barge_in_after_ms=barge) for user, barge, _ in lines]
+def utterances(lines: list[DemoLine]) -> list[Utterance]:
+    return [
+        Utterance(
+            line.user, barge_in_after_ms=line.barge_in_after_ms, expects_reply=bool(line.reply)
+        )
+        for line in lines
+    ]
 
 
 async def converse(
@@ -38,19 +43,34 @@ async def converse(
     return replies, snap
 
 
-def test_a_conversation_resumes_from_a_snapshot_in_a_new_session() -> None:
-    pipeline = demo_pipeline()
-    whole, _ = run_virtual(converse(pipeline, utterances(DEMO_SCRIPT)))
+CALL = [
+    DemoLine("Hello there.", "Hi! How can I help?"),
+    DemoLine("What time is it in Tokyo?", "It is nine in the evening in Tokyo."),
+    DemoLine("And in Paris?", "In Paris it is one in the afternoon."),
+    DemoLine("Thanks, bye.", "Goodbye!"),
+]
 
-    first, snap = run_virtual(converse(pipeline, utterances(DEMO_SCRIPT[:2])))
+
+def test_a_conversation_resumes_from_a_snapshot_in_a_new_session() -> None:
+    pipeline = demo_pipeline(CALL)
+    whole, _ = run_virtual(converse(pipeline, utterances(CALL)))
+
+    first, snap = run_virtual(converse(pipeline, utterances(CALL[:2])))
     # The snapshot crosses a process boundary as bytes.
     wire = msgspec.msgpack.encode(snap)
     restored = msgspec.msgpack.decode(wire, type=SessionSnapshot)
     assert restored.turns.epoch == 3 and restored.seq == snap.seq
-    rest, _ = run_virtual(converse(pipeline, utterances(DEMO_SCRIPT[2:]), snapshot=restored))
+    assert [m.text for m in restored.conversation] == [
+        CALL[0].user,
+        CALL[0].reply,
+        CALL[1].user,
+        CALL[1].reply,
+    ]
+    rest, _ = run_virtual(converse(pipeline, utterances(CALL[2:]), snapshot=restored))
 
-    assert set(first) == {1, 2} and set(rest) == {3, 4}
+    assert set(first) == {1, 2}
     assert {**first, **rest} == whole
+    assert sorted(whole.values()) == sorted(line.reply for line in CALL if line.reply)
 
 
 def test_queued_events_survive_a_snapshot() -> None:

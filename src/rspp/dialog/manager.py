@@ -27,8 +27,9 @@ speech starts   SPEAKING     bot HOLDING: pause the output; a barge-in check is 
 speech ends     SILENT       user PAUSED; the turn ends ``silence_ms`` after speech
                              ended (``fast_silence_ms`` if the end-of-turn predictor is
                              confident); speculate on the transcript so far
-speech ends     HOLDING      shorter than ``interrupt_min_ms``: not an interruption,
-                             resume; else decide on the final transcript
+speech ends     HOLDING      shorter than ``interrupt_min_ms``, or only a backchannel
+                             so far: not an interruption, resume; enough words:
+                             interrupt; no words yet: the final transcript decides
 partial/final   HOLDING      long enough, ``interrupt_min_words`` words, not a
                              backchannel: INTERRUPT (the kernel cuts the reply), resume
                              the output and go on with the user's new turn; a
@@ -206,10 +207,15 @@ class TurnManager:
         self.user = User.PAUSED
         self._speech_end = ended_at
         if self.bot is Bot.HOLDING:
-            if ended_at - self._barge_start < _ns(self.policy.interrupt_min_ms):
+            policy = self.policy
+            if ended_at - self._barge_start < _ns(policy.interrupt_min_ms):
                 return self._reject_barge()
-            self._set_deadline(now + _ns(self.policy.final_timeout_ms), "barge_final")
-            return []
+            if self._partial.strip() and is_backchannel(self._partial, policy.backchannels):
+                return self._reject_barge()  # "uh-huh" will not become a sentence
+            effects = self._check_barge(now, self._partial)
+            if not effects:  # no words yet: the final transcript decides
+                self._set_deadline(now + _ns(policy.final_timeout_ms), "barge_final")
+            return effects
         if self.bot is Bot.SILENT:
             self._set_endpoint(self._hypothesis())
             return self._speculate()
