@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from rspp.kernel.delivery import Delivered, DeliveryLedger
-from rspp.kernel.latency import LatencyTracker, TurnLatency
+from rspp.kernel.latency import LatencyTracker, SpeculationStats, TurnLatency
 
 MS = 1_000_000  # ns
 
@@ -64,149 +65,384 @@ def test_ledger_late_frame_of_an_old_turn_does_not_evict_newer_turns() -> None:
 
 
 # -- LatencyTracker ---------------------------------------------------------------------
+#
+# Session times are given in ms (converted to ns); perf marks are in ns. All differences
+# are whole numbers of ms or us, so the expected values are exact.
 
 
-def _full_turn(tracker: LatencyTracker, turn: int = 1) -> None:
-    """A turn with every stage, in ms of session time; perf marks in ns."""
-
-    def emit(kind: str, at_ms: int, origin_ms: int = 0, perf: int = 0) -> None:
-        tracker.emitted(kind, turn, at_ms * MS, origin_ms * MS, perf)
-
-    def recv(kind: str, at_ms: int, perf: int = 0) -> None:
-        tracker.received(kind, turn, at_ms * MS, perf)
-
+def _committed_turn(tracker: LatencyTracker, turn: int = 1) -> None:
+    """A committed reply with every stage."""
     # The user pauses mid-turn: two speech ends and two finals before the commit.
-    emit("vad.speech_end", 1_100, origin_ms=1_000)
-    emit("asr.final", 1_200)
-    emit("vad.speech_end", 2_300, origin_ms=2_000)
-    emit("asr.final", 2_450)
-    emit("turn.commit", 2_500, perf=10_000)
-    recv("turn.commit", 2_502, perf=12_000)
-    # After the commit, neither counts.
-    emit("vad.speech_end", 9_000, origin_ms=8_000)
-    emit("asr.final", 9_100)
-    emit("turn.commit", 9_200, perf=90_000)  # only the first commit counts
-    recv("turn.commit", 9_300, perf=99_000)
-    emit("llm.delta", 2_900, perf=20_000)
-    recv("llm.delta", 2_950, perf=23_000)
-    emit("llm.delta", 3_000, perf=24_000)
-    recv("llm.delta", 3_010, perf=30_000)
-    emit("tts.audio", 3_100, perf=30_000)
-    recv("tts.audio", 3_120, perf=35_000)
-    emit("tts.audio", 3_150, perf=40_000)
-    emit("audio.out", 3_200, perf=50_000)
-    emit("audio.out", 3_220, perf=60_000)
+    tracker.user_mark("vad.speech_end", 1_100 * MS, 1_000 * MS)
+    tracker.user_mark("asr.final", 1_200 * MS, 0)
+    tracker.user_mark("vad.speech_end", 2_300 * MS, 2_000 * MS)
+    tracker.user_mark("asr.final", 2_450 * MS, 0)
+    tracker.root(turn, 2_500 * MS, 10_000, speculative=False)
+    tracker.received("turn.commit", turn, 2_502 * MS, 12_000)  # hop: 2000 ns
+    tracker.received("turn.commit", turn, 2_600 * MS, 99_000)  # only the first receipt counts
+    tracker.emitted("llm.delta", turn, 2_900 * MS, 20_000)
+    tracker.received("llm.delta", turn, 2_950 * MS, 23_000)  # hop: 3000 ns
+    tracker.emitted("llm.delta", turn, 3_000 * MS, 24_000)
+    tracker.received("llm.delta", turn, 3_010 * MS, 30_000)
+    tracker.emitted("tts.audio", turn, 3_100 * MS, 30_000)
+    tracker.received("tts.audio", turn, 3_120 * MS, 35_000)  # hop: 5000 ns
+    tracker.emitted("tts.audio", turn, 3_150 * MS, 40_000)
+    tracker.emitted("audio.out", turn, 3_200 * MS, 50_000)
+    tracker.emitted("audio.out", turn, 3_220 * MS, 60_000)
 
 
-def test_every_field_of_a_full_turn() -> None:
+def test_every_field_of_a_committed_turn() -> None:
     tracker = LatencyTracker()
-    _full_turn(tracker)
+    _committed_turn(tracker)
     lat = tracker.finish(1, interrupted=True, delivered_ms=480.0)
-    assert lat.turn == 1
-    assert lat.vad_ms == pytest.approx(300.0)  # 2300 - 2000 (last speech end)
-    assert lat.asr_ms == pytest.approx(450.0)  # 2450 - 2000 (last final)
-    assert lat.llm_ttft_ms == pytest.approx(398.0)  # 2900 - 2502
-    assert lat.tts_ttfa_ms == pytest.approx(150.0)  # 3100 - 2950
-    assert lat.output_ms == pytest.approx(80.0)  # 3200 - 3120
-    assert lat.kernel_us == pytest.approx(10.0)  # (2000 + 3000 + 5000) ns
-    assert lat.v2v_ms == pytest.approx(1200.0)  # 3200 - 2000
+    assert lat == TurnLatency(
+        turn=1,
+        vad_ms=300.0,  # 2300 - 2000 (the last speech end)
+        asr_ms=450.0,  # 2450 - 2000 (the last final)
+        endpoint_ms=500.0,  # the commit at 2500 - 2000
+        llm_ttft_ms=398.0,  # 2900 - 2502 (the root received by the LLM)
+        tts_ttfa_ms=150.0,  # 3100 - 2950
+        output_ms=80.0,  # 3200 - 3120
+        kernel_us=10.0,  # (2000 + 3000 + 5000) ns
+        v2v_ms=1_200.0,  # 3200 - 2000
+        speculative=False,
+        saved_ms=None,  # only speculative replies save time
+        interrupted=True,
+        delivered_ms=480.0,
+    )
+
+
+def _speculative_turn(tracker: LatencyTracker, *, audio_ms: int, decided_ms: int) -> None:
+    """A speculative reply 1, rooted at 1100 ms, confirmed at ``decided_ms``."""
+    tracker.user_mark("vad.speech_end", 1_050 * MS, 1_000 * MS)
+    tracker.root(1, 1_100 * MS, 1_000, speculative=True)
+    tracker.received("turn.speculate", 1, 1_101 * MS, 1_400)  # hop: 400 ns
+    tracker.emitted("llm.delta", 1, 1_300 * MS, 2_000)
+    tracker.received("llm.delta", 1, 1_310 * MS, 2_600)  # hop: 600 ns
+    tracker.emitted("tts.audio", 1, audio_ms * MS, 3_000)
+    tracker.received("tts.audio", 1, (audio_ms + 5) * MS, 4_000)  # hop: 1000 ns
+    # The final comes after the speculation started, before it was confirmed: it counts.
+    tracker.user_mark("asr.final", 1_150 * MS, 0)
+    tracker.decided(1, decided_ms * MS)
+    tracker.emitted("audio.out", 1, (max(audio_ms, decided_ms) + 10) * MS, 5_000)
+
+
+def test_every_field_of_a_confirmed_speculation_whose_audio_was_ready_before_the_decision() -> None:
+    tracker = LatencyTracker()
+    _speculative_turn(tracker, audio_ms=1_400, decided_ms=1_600)
+    assert tracker.finish(1) == TurnLatency(
+        turn=1,
+        vad_ms=50.0,  # 1050 - 1000
+        asr_ms=150.0,  # 1150 - 1000
+        endpoint_ms=600.0,  # the confirm at 1600 - 1000
+        llm_ttft_ms=199.0,  # 1300 - 1101
+        tts_ttfa_ms=90.0,  # 1400 - 1310
+        output_ms=205.0,  # 1610 - 1405
+        kernel_us=2.0,  # (400 + 600 + 1000) ns
+        v2v_ms=610.0,  # 1610 - 1000
+        speculative=True,
+        saved_ms=300.0,  # min(1400, 1600) - 1100: the audio was ready 300 ms after the root
+        interrupted=False,
+        delivered_ms=0.0,
+    )
+
+
+def test_every_field_of_a_confirmed_speculation_whose_audio_came_after_the_decision() -> None:
+    tracker = LatencyTracker()
+    _speculative_turn(tracker, audio_ms=1_400, decided_ms=1_250)
+    assert tracker.finish(1, delivered_ms=20.0) == TurnLatency(
+        turn=1,
+        vad_ms=50.0,
+        asr_ms=150.0,
+        endpoint_ms=250.0,  # 1250 - 1000
+        llm_ttft_ms=199.0,
+        tts_ttfa_ms=90.0,
+        output_ms=5.0,  # 1410 - 1405
+        kernel_us=2.0,
+        v2v_ms=410.0,  # 1410 - 1000
+        speculative=True,
+        saved_ms=150.0,  # min(1400, 1250) - 1100: generation had a 150 ms head start
+        interrupted=False,
+        delivered_ms=20.0,
+    )
+
+
+def test_a_confirmed_speculation_without_audio_saved_the_time_to_the_decision() -> None:
+    tracker = LatencyTracker()
+    tracker.root(1, 100 * MS, 0, speculative=True)
+    tracker.decided(1, 180 * MS)
+    lat = tracker.finish(1, interrupted=True)
+    assert lat.speculative is True
+    assert lat.saved_ms == 80.0
     assert lat.interrupted is True
-    assert lat.delivered_ms == 480.0
+
+
+def test_an_unconfirmed_speculation_has_no_decision_and_saved_nothing() -> None:
+    tracker = LatencyTracker()
+    tracker.user_mark("vad.speech_end", 60 * MS, 50 * MS)
+    tracker.root(1, 100 * MS, 0, speculative=True)
+    tracker.emitted("tts.audio", 1, 150 * MS, 0)
+    lat = tracker.finish(1)
+    assert lat.speculative is True
+    assert lat.endpoint_ms is None
+    assert lat.saved_ms is None
+    assert lat.vad_ms == 10.0
+
+
+def test_the_latest_speech_end_and_final_before_the_decision_win() -> None:
+    tracker = LatencyTracker()
+    tracker.user_mark("vad.speech_end", 50 * MS, 40 * MS)
+    tracker.user_mark("asr.final", 70 * MS, 0)
+    tracker.user_mark("vad.speech_end", 150 * MS, 100 * MS)
+    tracker.user_mark("asr.final", 190 * MS, 0)
+    tracker.root(2, 200 * MS, 0, speculative=False)
+    # After the decision: they belong to the next user turn.
+    tracker.user_mark("vad.speech_end", 500 * MS, 400 * MS)
+    tracker.user_mark("asr.final", 600 * MS, 0)
+    tracker.emitted("audio.out", 2, 300 * MS, 0)
+    lat = tracker.finish(2)
+    assert (lat.vad_ms, lat.asr_ms, lat.endpoint_ms, lat.v2v_ms) == (50.0, 90.0, 100.0, 200.0)
+
+
+def test_a_speculation_sees_the_latest_marks_up_to_its_confirmation() -> None:
+    tracker = LatencyTracker()
+    tracker.user_mark("vad.speech_end", 120 * MS, 100 * MS)
+    tracker.user_mark("asr.final", 130 * MS, 0)
+    tracker.root(1, 140 * MS, 0, speculative=True)
+    # The user paused again before the end of the turn was decided: the later ones win.
+    tracker.user_mark("vad.speech_end", 330 * MS, 300 * MS)
+    tracker.user_mark("asr.final", 360 * MS, 0)
+    tracker.decided(1, 400 * MS)
+    tracker.user_mark("asr.final", 900 * MS, 0)  # after the decision: not this reply's
+    lat = tracker.finish(1)
+    assert (lat.vad_ms, lat.asr_ms, lat.endpoint_ms) == (30.0, 60.0, 100.0)
+
+
+def test_a_final_after_the_speculative_root_and_before_the_confirm_counts() -> None:
+    tracker = LatencyTracker()
+    tracker.user_mark("vad.speech_end", 110 * MS, 100 * MS)
+    tracker.root(1, 120 * MS, 0, speculative=True)
+    tracker.user_mark("asr.final", 175 * MS, 0)
+    tracker.decided(1, 200 * MS)
+    assert tracker.finish(1).asr_ms == 75.0
+
+
+def test_a_decision_consumes_the_user_marks() -> None:
+    tracker = LatencyTracker()
+    _committed_turn(tracker, turn=1)
+    # The next commit comes without any new speech end or final.
+    tracker.root(2, 5_000 * MS, 0, speculative=False)
+    tracker.emitted("audio.out", 2, 5_500 * MS, 0)
+    two = tracker.finish(2)
+    assert (two.vad_ms, two.asr_ms, two.endpoint_ms, two.v2v_ms) == (None, None, None, None)
+    # The first reply keeps its own marks.
+    one = tracker.finish(1)
+    assert (one.vad_ms, one.asr_ms, one.endpoint_ms) == (300.0, 450.0, 500.0)
+
+
+def test_a_confirm_consumes_the_user_marks() -> None:
+    tracker = LatencyTracker()
+    tracker.user_mark("vad.speech_end", 110 * MS, 100 * MS)
+    tracker.user_mark("asr.final", 120 * MS, 0)
+    tracker.root(1, 130 * MS, 0, speculative=True)
+    tracker.decided(1, 150 * MS)
+    tracker.root(2, 900 * MS, 0, speculative=False)
+    two = tracker.finish(2)
+    assert (two.vad_ms, two.asr_ms, two.endpoint_ms) == (None, None, None)
+    assert tracker.finish(1).endpoint_ms == 50.0
+
+
+def test_a_speculative_root_does_not_consume_the_user_marks() -> None:
+    """A dropped speculation leaves the user turn's marks to the reply that follows."""
+    tracker = LatencyTracker()
+    tracker.user_mark("vad.speech_end", 110 * MS, 100 * MS)
+    tracker.root(1, 120 * MS, 0, speculative=True)
+    tracker.drop(1)  # e.g. the transcript changed: a miss
+    tracker.user_mark("asr.final", 140 * MS, 0)
+    tracker.root(2, 150 * MS, 0, speculative=False)
+    lat = tracker.finish(2)
+    assert (lat.vad_ms, lat.asr_ms, lat.endpoint_ms) == (10.0, 40.0, 50.0)
+    assert lat.speculative is False
+    assert lat.saved_ms is None
+
+
+def test_missing_stages_are_none() -> None:
+    tracker = LatencyTracker()
+    tracker.root(3, 900 * MS, 0, speculative=False)
+    tracker.received("llm.delta", 3, 1_000 * MS, 0)
+    tracker.emitted("tts.audio", 3, 1_150 * MS, 0)
+    assert tracker.finish(3) == TurnLatency(turn=3, tts_ttfa_ms=150.0)
+
+
+def test_asr_without_a_speech_end_has_no_asr_ms() -> None:
+    tracker = LatencyTracker()
+    tracker.user_mark("asr.final", 10 * MS, 0)
+    tracker.root(1, 20 * MS, 0, speculative=False)
+    lat = tracker.finish(1)
+    assert lat.asr_ms is None
+    assert lat.endpoint_ms is None
+
+
+def test_marks_of_a_reply_that_was_never_rooted_are_ignored() -> None:
+    tracker = LatencyTracker()
+    tracker.emitted("llm.delta", 5, 10 * MS, 0)
+    tracker.received("turn.commit", 5, 5 * MS, 0)
+    tracker.decided(5, 20 * MS)
+    assert tracker.first_audio(5) is None
+    assert tracker.finish(5) == TurnLatency(turn=5)
+
+
+def test_milestones_keep_their_first_value() -> None:
+    tracker = LatencyTracker()
+    tracker.root(1, 0, 0, speculative=False)
+    tracker.received("turn.commit", 1, 100 * MS, 0)
+    tracker.received("turn.commit", 1, 10 * MS, 0)
+    tracker.emitted("llm.delta", 1, 150 * MS, 0)
+    tracker.emitted("llm.delta", 1, 120 * MS, 0)
+    assert tracker.finish(1).llm_ttft_ms == 50.0
+
+
+def test_first_audio() -> None:
+    tracker = LatencyTracker()
+    assert tracker.first_audio(1) is None
+    tracker.root(1, 0, 0, speculative=True)
+    assert tracker.first_audio(1) is None
+    tracker.emitted("tts.audio", 1, 40 * MS, 0)
+    tracker.emitted("tts.audio", 1, 60 * MS, 0)
+    assert tracker.first_audio(1) == 40 * MS
+    assert tracker.first_audio(2) is None
+
+
+def test_kernel_us_counts_only_complete_critical_hops() -> None:
+    tracker = LatencyTracker()
+    tracker.root(1, 0, 1_000, speculative=False)
+    tracker.received("turn.commit", 1, 0, 1_500)  # the root hop: 500 ns
+    tracker.emitted("llm.delta", 1, 0, 2_000)  # never received: not a hop
+    tracker.received("tts.audio", 1, 0, 9_000)  # never emitted: not a hop
+    tracker.emitted("audio.out", 1, 0, 3_000)  # not a critical hop
+    tracker.received("audio.out", 1, 0, 8_000)
+    assert tracker.finish(1).kernel_us == 0.5
+
+
+def test_kernel_us_of_a_speculation_counts_its_root_hop() -> None:
+    tracker = LatencyTracker()
+    tracker.root(1, 0, 1_000, speculative=True)
+    tracker.received("turn.speculate", 1, 0, 4_000)  # received roots are keyed "root"
+    assert tracker.finish(1).kernel_us == 3.0
+
+
+def test_kernel_us_is_none_without_a_complete_hop() -> None:
+    tracker = LatencyTracker()
+    tracker.root(1, 0, 1_000, speculative=False)  # emitted, never received
+    tracker.received("llm.delta", 1, 0, 2_000)  # received, never emitted
+    assert tracker.finish(1).kernel_us is None
+
+
+def test_finish_forgets_the_turn() -> None:
+    tracker = LatencyTracker()
+    _committed_turn(tracker)
+    assert tracker.finish(1).v2v_ms == 1_200.0
+    assert tracker.first_audio(1) is None
+    assert tracker.finish(1) == TurnLatency(turn=1)
+    assert tracker.finish(1, interrupted=True, delivered_ms=5.0) == TurnLatency(
+        turn=1, interrupted=True, delivered_ms=5.0
+    )
+
+
+def test_drop_forgets_the_turn() -> None:
+    tracker = LatencyTracker()
+    tracker.root(1, 100 * MS, 0, speculative=True)
+    tracker.emitted("tts.audio", 1, 150 * MS, 0)
+    tracker.drop(1)
+    assert tracker.first_audio(1) is None
+    tracker.emitted("audio.out", 1, 200 * MS, 0)  # a late mark of the dropped reply
+    assert tracker.finish(1) == TurnLatency(turn=1)
+    tracker.drop(1)  # dropping twice, or an unknown reply, is harmless
+    tracker.drop(42)
+
+
+def test_turns_are_independent() -> None:
+    tracker = LatencyTracker()
+    _committed_turn(tracker, turn=1)
+    tracker.user_mark("vad.speech_end", 4_010 * MS, 4_005 * MS)
+    tracker.root(2, 4_020 * MS, 0, speculative=False)
+    assert tracker.finish(2).vad_ms == 5.0
+    assert tracker.finish(1).v2v_ms == 1_200.0
 
 
 def test_values_lists_the_measured_fields() -> None:
     tracker = LatencyTracker()
-    tracker.emitted("vad.speech_end", 4, 130 * MS, 100 * MS, 0)
-    tracker.emitted("audio.out", 4, 900 * MS, 0, 0)
+    tracker.user_mark("vad.speech_end", 130 * MS, 100 * MS)
+    tracker.root(4, 200 * MS, 0, speculative=True)
+    tracker.decided(4, 250 * MS)
+    tracker.emitted("audio.out", 4, 900 * MS, 0)
     values = tracker.finish(4).values()
     assert values == {
-        "vad_ms": pytest.approx(30.0),
-        "v2v_ms": pytest.approx(800.0),
+        "vad_ms": 30.0,
+        "endpoint_ms": 150.0,
+        "v2v_ms": 800.0,
+        "speculative": 1.0,
+        "saved_ms": 50.0,
         "interrupted": 0.0,
         "delivered_ms": 0.0,
     }
 
 
-def test_speech_end_and_final_keep_the_last_value_before_commit() -> None:
-    tracker = LatencyTracker()
-    tracker.emitted("vad.speech_end", 2, 50 * MS, 40 * MS, 0)
-    tracker.emitted("asr.final", 2, 70 * MS, 0, 0)
-    tracker.emitted("vad.speech_end", 2, 150 * MS, 100 * MS, 0)
-    tracker.emitted("asr.final", 2, 190 * MS, 0, 0)
-    tracker.emitted("turn.commit", 2, 200 * MS, 0, 0)
-    tracker.emitted("vad.speech_end", 2, 500 * MS, 400 * MS, 0)
-    tracker.emitted("asr.final", 2, 600 * MS, 0, 0)
-    tracker.emitted("audio.out", 2, 300 * MS, 0, 0)
-    lat = tracker.finish(2)
-    assert lat.vad_ms == pytest.approx(50.0)
-    assert lat.asr_ms == pytest.approx(90.0)
-    assert lat.v2v_ms == pytest.approx(200.0)
+# -- SpeculationStats -------------------------------------------------------------------
 
 
-def test_other_kinds_keep_their_first_value() -> None:
-    tracker = LatencyTracker()
-    tracker.received("turn.commit", 1, 100 * MS, 0)
-    tracker.received("turn.commit", 1, 10 * MS, 0)
-    tracker.emitted("llm.delta", 1, 150 * MS, 0, 0)
-    tracker.emitted("llm.delta", 1, 120 * MS, 0, 0)
-    assert tracker.finish(1).llm_ttft_ms == pytest.approx(50.0)
+def test_speculation_stats_start_empty() -> None:
+    stats = SpeculationStats()
+    assert (stats.attempts, stats.hits, stats.misses, stats.discarded) == (0, 0, 0, 0)
+    assert (stats.wasted_llm_deltas, stats.wasted_tts_s, stats.saved_ms) == (0, 0.0, [])
+    assert stats.hit_rate == 0.0
+    stats.saved_ms.append(1.0)
+    assert SpeculationStats().saved_ms == []  # not shared between instances
 
 
-def test_missing_stages_are_none() -> None:
-    tracker = LatencyTracker()
-    tracker.received("llm.delta", 3, 1_000 * MS, 0)
-    tracker.emitted("tts.audio", 3, 1_150 * MS, 0, 0)
-    lat = tracker.finish(3)
-    assert lat.tts_ttfa_ms == pytest.approx(150.0)
-    assert lat.vad_ms is None
-    assert lat.asr_ms is None
-    assert lat.llm_ttft_ms is None
-    assert lat.output_ms is None
-    assert lat.v2v_ms is None
-    assert lat.kernel_us is None  # no hop has both an emitted and a received perf mark
-    assert lat.interrupted is False
-    assert lat.delivered_ms == 0.0
+@pytest.mark.parametrize(
+    ("reason", "misses", "discarded"),
+    [
+        ("speculation_miss", 1, 0),
+        ("speculation_replaced", 1, 0),
+        ("speculation_discarded", 0, 1),
+        ("closed", 0, 1),
+    ],
+)
+def test_ended_classifies_the_reason(reason: str, misses: int, discarded: int) -> None:
+    stats = SpeculationStats()
+    stats.ended(reason, 7, 250 * MS)
+    assert (stats.misses, stats.discarded) == (misses, discarded)
+    assert (stats.attempts, stats.hits) == (0, 0)  # the session counts those
+    assert stats.wasted_llm_deltas == 7
+    assert stats.wasted_tts_s == pytest.approx(0.25)
 
 
-def test_asr_without_a_speech_end_has_no_asr_ms() -> None:
-    tracker = LatencyTracker()
-    tracker.emitted("asr.final", 1, 10 * MS, 0, 0)
-    assert tracker.finish(1).asr_ms is None
+def test_waste_accumulates_over_every_ending() -> None:
+    stats = SpeculationStats()
+    stats.ended("speculation_miss", 3, 100 * MS)
+    stats.ended("speculation_discarded", 4, 0)
+    stats.ended("speculation_replaced", 0, 1_500 * MS)
+    stats.ended("closed", 10, 400 * MS)
+    assert (stats.misses, stats.discarded) == (2, 2)
+    assert stats.wasted_llm_deltas == 17
+    assert stats.wasted_tts_s == pytest.approx(2.0)
 
 
-def test_kernel_us_counts_only_complete_critical_hops() -> None:
-    tracker = LatencyTracker()
-    tracker.emitted("turn.commit", 1, 0, 0, 1_000)
-    tracker.received("turn.commit", 1, 0, 1_500)  # 500 ns
-    tracker.emitted("llm.delta", 1, 0, 0, 2_000)  # never received: not a hop
-    tracker.received("tts.audio", 1, 0, 9_000)  # never emitted: not a hop
-    tracker.emitted("audio.out", 1, 0, 0, 3_000)  # not a critical hop
-    tracker.received("audio.out", 1, 0, 8_000)
-    assert tracker.finish(1).kernel_us == pytest.approx(0.5)
+def test_hit_rate_counts_hits_against_misses_only() -> None:
+    stats = SpeculationStats(attempts=6, hits=3)
+    assert stats.hit_rate == 1.0
+    stats.ended("speculation_discarded", 0, 0)  # the user kept talking: not a wrong guess
+    assert stats.hit_rate == 1.0
+    stats.ended("speculation_miss", 0, 0)
+    assert stats.hit_rate == pytest.approx(0.75)
+    stats.ended("speculation_replaced", 0, 0)
+    assert stats.hit_rate == pytest.approx(0.6)
+    assert SpeculationStats(misses=2).hit_rate == 0.0
 
 
-def test_finish_forgets_the_turn() -> None:
-    tracker = LatencyTracker()
-    _full_turn(tracker)
-    assert tracker.finish(1).v2v_ms is not None
-    again = tracker.finish(1)
-    assert again == TurnLatency(turn=1)
-
-
-def test_turns_are_independent() -> None:
-    tracker = LatencyTracker()
-    _full_turn(tracker, turn=1)
-    tracker.emitted("vad.speech_end", 2, 10 * MS, 5 * MS, 0)
-    assert tracker.finish(2).vad_ms == pytest.approx(5.0)
-    assert tracker.finish(1).v2v_ms == pytest.approx(1200.0)
-
-
-def test_forget_before_drops_older_turns() -> None:
-    tracker = LatencyTracker()
-    for turn in (1, 2, 3, 4):
-        tracker.emitted("vad.speech_end", turn, 20 * MS, 10 * MS, 0)
-    tracker.forget_before(3)
-    assert tracker.finish(1).vad_ms is None
-    assert tracker.finish(2).vad_ms is None
-    assert tracker.finish(3).vad_ms == pytest.approx(10.0)
-    assert tracker.finish(4).vad_ms == pytest.approx(10.0)
+def test_speculation_stats_travel_as_json() -> None:
+    stats = SpeculationStats(attempts=3, hits=1, saved_ms=[120.0])
+    stats.ended("speculation_miss", 5, 500 * MS)
+    wire = msgspec.json.decode(msgspec.json.encode(stats), type=SpeculationStats)
+    assert wire == stats

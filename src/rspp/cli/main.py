@@ -67,11 +67,11 @@ def _demo(args: argparse.Namespace) -> int:
             outcome,
         )
     console.print(table)
-    spec = result.speculation
+    stats = result.speculation
     console.print(
-        f"Speculation: {spec.attempts} attempts, {spec.hits} hits, {spec.misses} misses, "
-        f"{spec.discarded} discarded; wasted {spec.wasted_llm_deltas} LLM tokens and "
-        f"{spec.wasted_tts_s:.1f} s of TTS audio."
+        f"Speculation: {stats.attempts} attempts, {stats.hits} hits, {stats.misses} misses, "
+        f"{stats.discarded} discarded; wasted {stats.wasted_llm_deltas} LLM tokens "
+        f"({stats.wasted_llm_s:.2f} s of LLM requests) and {stats.wasted_tts_s:.1f} s of TTS audio."
     )
     drops = result.stats.dropped("fenced")
     errors = result.stats.errors.total()

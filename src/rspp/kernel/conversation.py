@@ -84,18 +84,18 @@ class Conversation:
             self._append(message)
         message.text = heard_text
         message.interrupted = True
-        if not heard_text and message in self.messages:
-            self.messages.remove(message)
+        if not heard_text:  # nothing was heard: as if it was never said
+            self.messages = [m for m in self.messages if m is not message]
 
     def finished(self, turn: int) -> None:
         """Reply ``turn`` was played out: its message is final."""
         self._assistant.pop(turn, None)
 
     def history(self, before: int | None = None) -> list[Message]:
-        """Committed messages, oldest first (only those of turns before ``before``)."""
-        if before is None:
-            return list(self.messages)
-        return [m for m in self.messages if m.turn < before]
+        """Copies of the committed messages, oldest first (only of turns before ``before``)."""
+        return [
+            msgspec.structs.replace(m) for m in self.messages if before is None or m.turn < before
+        ]
 
     def _append(self, message: Message) -> None:
         self.messages.append(message)
@@ -109,6 +109,6 @@ class Conversation:
         return [msgspec.structs.replace(m) for m in self.messages]
 
     def restore(self, messages: list[Message]) -> None:
-        self.messages = [msgspec.structs.replace(m) for m in messages]
+        self.messages = [msgspec.structs.replace(m) for m in messages[-self.max_messages :]]
         self._tentative.clear()
         self._assistant.clear()

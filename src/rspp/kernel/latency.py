@@ -150,6 +150,11 @@ class LatencyTracker:
             reply.received[key] = now_ns
             reply.received_perf[key] = perf_ns
 
+    def started(self, turn: int) -> int | None:
+        """When reply ``turn``'s root was emitted, if it is being tracked."""
+        reply = self._replies.get(turn)
+        return None if reply is None else reply.root
+
     def first_audio(self, turn: int) -> int | None:
         """When reply ``turn`` first emitted synthesized audio, if it did."""
         reply = self._replies.get(turn)
@@ -206,6 +211,8 @@ class SpeculationStats(msgspec.Struct, kw_only=True):
     wasted_llm_deltas: int = 0
     #: Seconds of audio synthesized by speculations that were not used.
     wasted_tts_s: float = 0.0
+    #: Seconds the LLM spent on requests of speculations that were not used (prefill included).
+    wasted_llm_s: float = 0.0
     #: Per hit, how much earlier the reply's first audio was ready (ms).
     saved_ms: list[float] = msgspec.field(default_factory=list)
 
@@ -214,7 +221,7 @@ class SpeculationStats(msgspec.Struct, kw_only=True):
         decided = self.hits + self.misses
         return self.hits / decided if decided else 0.0
 
-    def ended(self, reason: str, deltas: int, tts_ns: int) -> None:
+    def ended(self, reason: str, deltas: int, tts_ns: int, llm_ns: int = 0) -> None:
         """A speculation was dropped for ``reason`` (turn.interrupted reasons)."""
         if reason in ("speculation_miss", "speculation_replaced"):
             self.misses += 1
@@ -222,3 +229,4 @@ class SpeculationStats(msgspec.Struct, kw_only=True):
             self.discarded += 1
         self.wasted_llm_deltas += deltas
         self.wasted_tts_s += tts_ns / 1e9
+        self.wasted_llm_s += llm_ns / 1e9

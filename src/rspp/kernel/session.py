@@ -495,7 +495,11 @@ class Session:
         target = decision.target
         if Action.RECORD in actions and target:
             if decision.speculative:
-                self.speculation.ended(decision.reason, self._held_deltas, self._held_tts_ns)
+                began = self.latency.started(target)
+                llm_ns = 0 if began is None else self.now_ns() - began
+                self.speculation.ended(
+                    decision.reason, self._held_deltas, self._held_tts_ns, llm_ns
+                )
                 self.conversation.drop(target)
                 self.latency.drop(target)
                 record = TurnInterrupted(turn=target, reason=decision.reason)

@@ -276,7 +276,9 @@ class TurnMachine:
             raise TurnProtocolError(f"snapshot has unknown state {snap.state!r}") from None
         consistent = snap.epoch >= 1 and 0 <= snap.fence <= snap.epoch
         if state in (State.RESPONDING, State.SPECULATING):
-            consistent = consistent and snap.fence < snap.active < snap.epoch
+            consistent = consistent and snap.fence < snap.active == snap.epoch - 1
+        elif state is State.LISTENING:
+            consistent = consistent and snap.active == 0 and snap.fence < snap.epoch
         else:
             consistent = consistent and snap.active == 0
         if not consistent:
@@ -311,5 +313,5 @@ class TurnMachine:
             target=ended if Action.RECORD in actions else 0,
             committed=started,
             reason=_REASONS.get(key, inp.value),
-            speculative=speculative,
+            speculative=speculative and Action.RECORD in actions,
         )

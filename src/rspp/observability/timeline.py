@@ -155,8 +155,13 @@ _COLORS = {
 _W, _LEFT, _ROW_H, _TOP = 900, 110, 26, 34
 
 
-def render_svg(ex: Exchange, title: str = "") -> str:
-    """One exchange as an SVG drawing (self-contained markup)."""
+def render_svg(ex: Exchange, title: str = "", *, after_ms: float = 2500.0) -> str:
+    """One exchange as an SVG drawing (self-contained markup).
+
+    The time axis ends ``after_ms`` after the reply's first audio (long replies
+    would otherwise squash the part that matters); bars that go on are cut at
+    the edge with an arrow.
+    """
     zero = ex.zero_ns
     times = [t for pair in ex.speech for t in pair]
     times += ex.partials + ex.finals
@@ -166,11 +171,15 @@ def render_svg(ex: Exchange, title: str = "") -> str:
     if not times:
         return "<svg xmlns='http://www.w3.org/2000/svg' width='10' height='10'/>"
     start, end = min(times), max(times)
+    reply = ex.reply
+    focus = reply.out[0] if reply is not None and reply.out else ex.decided_ns
+    if focus is not None:
+        end = min(end, focus + int(after_ms * 1e6))
     width_ns = max(end - start, 1)
     scale = (_W - _LEFT - 20) / width_ns
 
     def x(t: int) -> float:
-        return _LEFT + (t - start) * scale
+        return _LEFT + (min(t, end) - start) * scale
 
     y = {row: _TOP + i * _ROW_H for i, row in enumerate(ROWS)}
     height = _TOP + len(ROWS) * _ROW_H + 30
@@ -187,13 +196,19 @@ def render_svg(ex: Exchange, title: str = "") -> str:
         )
 
     def bar(row: str, a: int, b: int, color: str, label: str = "", dy: int = 0) -> None:
+        if a > end:
+            return
         width = max(x(b) - x(a), 2.0)
         out.append(
             f"<rect x='{x(a):.1f}' y='{y[row] + 4 + dy}' width='{width:.1f}' height='{14 - dy}' "
             f"fill='{color}' rx='2'><title>{html.escape(label)}</title></rect>"
         )
+        if b > end:  # goes on past the edge
+            out.append(f"<text x='{x(end) + 3:.1f}' y='{y[row] + 15}' fill='{color}'>→</text>")
 
     def mark(row: str, t: int, symbol: str, color: str, label: str) -> None:
+        if t > end:
+            return
         out.append(
             f"<text x='{x(t) - 4:.1f}' y='{y[row] + 16}' fill='{color}' font-size='14'>"
             f"{symbol}<title>{html.escape(label)}</title></text>"
@@ -221,6 +236,8 @@ def render_svg(ex: Exchange, title: str = "") -> str:
             mark("turn", a.root_ns, "●", color, f"commit turn {a.turn}: {a.text!r}")
         if a.llm:  # waiting for the first token (thin), then streaming
             bar("llm", a.root_ns, a.llm[0], color, f"turn {a.turn}: time to first token", dy=8)
+        if a.llm and a.tts:  # text is arriving, the first audio is not ready yet
+            bar("tts", a.llm[0], a.tts[0], color, f"turn {a.turn}: text in, no audio yet", dy=8)
         for row, points in (("llm", a.llm), ("tts", a.tts), ("output", a.out)):
             if points:
                 bar(row, points[0], points[-1], color, f"turn {a.turn} {row}")
@@ -275,9 +292,10 @@ def render_html(exchanges: list[Exchange], title: str = "RSPP session timeline")
         "<p>One row per stage; time in ms from the end of the user's speech. "
         "Blue: the committed reply. Green: a speculation that was confirmed (▶ started, ✔ "
         "confirmed: its audio was released at once). Grey: a speculation that was discarded "
-        "or missed (✖). ● a commit; ◆ an ASR final; ticks: partials; the thin part of an LLM "
-        "bar is the wait for its first token; orange bars / triangle: output paused / resumed "
-        "while a barge-in was undecided; a red ✖ on the output row: barge-in.</p>",
+        "or missed (✖). ● a commit; ◆ an ASR final; ticks: partials. Thin bars are waits: the "
+        "LLM for its first token, the TTS from the first text to its first audio. Orange bars "
+        "/ triangle: output paused / resumed while a barge-in was undecided; a red ✖ on the "
+        "output row: barge-in; → the bar goes on past the drawing.</p>",
     ]
     for i, ex in enumerate(exchanges, 1):
         reply = ex.reply
