@@ -46,7 +46,7 @@ from typing import Any
 from rspp.demo import DemoLine, demo_pipeline
 from rspp.kernel.latency import SpeculationStats, TurnLatency
 from rspp.observability import Timeline, render_html, render_svg
-from rspp.testing import RecordingSink, ScriptedCaller, Utterance, VirtualClock
+from rspp.testing import RecordingSink, ScriptedCaller, VirtualClock
 
 SHORT = "Sure, I can do that."
 REPLIES = {
@@ -60,7 +60,7 @@ REPLIES = {
 }
 
 #: (what the caller says, reply size, what partials show before the end if they change late,
-#:  barge in after ms)
+#:  barge in after ms); "..." marks where the caller hesitates (and the VAD hears a pause).
 CONVERSATION: list[tuple[str, str, str | None, float | None]] = [
     ("Hi there.", "short", None, None),
     ("I would like to plan a day in Paris.", "medium", None, None),
@@ -78,6 +78,7 @@ CONVERSATION: list[tuple[str, str, str | None, float | None]] = [
         None,
     ),
     ("Somewhere near the river would be nice.", "medium", None, None),
+    ("I would like to ... sit outside if the weather is good.", "medium", None, None),
     ("Thanks.", "short", None, None),
     ("What is the weather going to be like?", "long", None, None),
     ("Should I take an umbrella?", "short", "Should I take an umbrella with", None),
@@ -102,10 +103,20 @@ MODES: dict[str, dict[str, dict[str, Any]]] = {
 
 
 def script() -> list[DemoLine]:
-    return [
-        DemoLine(user, REPLIES[size], barge_in_after_ms=barge, partial=partial)
-        for user, size, partial, barge in CONVERSATION
-    ]
+    lines = []
+    for said, size, partial, barge in CONVERSATION:
+        words = said.split()
+        pause = words.index("...") if "..." in words else None
+        lines.append(
+            DemoLine(
+                " ".join(w for w in words if w != "..."),
+                REPLIES[size],
+                barge_in_after_ms=barge,
+                partial=partial,
+                hesitate_after_words=pause,
+            )
+        )
+    return lines
 
 
 def pctl(values: list[float], q: float) -> float:
@@ -127,11 +138,7 @@ async def run_mode(mode: str) -> tuple[list[TurnLatency], SpeculationStats, Time
     async with pipeline.session(
         f"latency-{mode}", sinks={"client": sink}, observers=[timeline]
     ) as s:
-        caller = ScriptedCaller(
-            s,
-            sink,
-            [Utterance(line.user, barge_in_after_ms=line.barge_in_after_ms) for line in lines],
-        )
+        caller = ScriptedCaller(s, sink, [line.utterance() for line in lines])
         await caller.play()
         assert s.stats.errors.total() == 0, s.stats.errors
     return s.turn_latencies, s.speculation, timeline

@@ -38,6 +38,28 @@ class DemoLine:
     barge_in_after_ms: float | None = None
     #: What the recogniser believes while the user speaks, when it corrects itself late.
     partial: str | None = None
+    #: The caller hesitates after this many words (two speech segments, one transcript).
+    hesitate_after_words: int | None = None
+
+    def asr_lines(self) -> list[dict[str, str | None]]:
+        """What the fake ASR hears: one line per speech segment."""
+        if not self.hesitate_after_words:
+            return [{"text": self.user, "partial": self.partial}]
+        words = self.user.split()
+        k = self.hesitate_after_words
+        return [
+            {"text": " ".join(words[:k]), "partial": None},
+            {"text": " ".join(words[k:]), "partial": None},
+        ]
+
+    def utterance(self) -> Utterance:
+        """What the scripted caller says."""
+        return Utterance(
+            self.user,
+            barge_in_after_ms=self.barge_in_after_ms,
+            expects_reply=self.reply is not None,
+            hesitate_after_words=self.hesitate_after_words,
+        )
 
 
 DEMO_SCRIPT: list[DemoLine] = [
@@ -75,9 +97,7 @@ def demo_pipeline(script: list[DemoLine] = DEMO_SCRIPT, **overrides: Any) -> Pip
     spec = load_spec(Path(str(files("rspp.pipelines") / "demo.toml")))
     for node in spec.nodes:
         if node.name == "asr":
-            node.config["script"] = [
-                {"text": line.user, "partial": line.partial} for line in script
-            ]
+            node.config["script"] = [seg for line in script for seg in line.asr_lines()]
         elif node.name == "llm":
             node.config["replies"] = {line.user: line.reply for line in script if line.reply}
         node.config.update(overrides.get(node.name, {}))
@@ -114,18 +134,7 @@ async def _converse(script: list[DemoLine]) -> DemoResult:
     async with pipeline.session(
         "demo", sinks={"client": sink}, observers=[events.append, timeline]
     ) as session:
-        caller = ScriptedCaller(
-            session,
-            sink,
-            [
-                Utterance(
-                    line.user,
-                    barge_in_after_ms=line.barge_in_after_ms,
-                    expects_reply=line.reply is not None,
-                )
-                for line in script
-            ],
-        )
+        caller = ScriptedCaller(session, sink, [line.utterance() for line in script])
         await caller.play()
     generated: dict[int, str] = {}
     for ev in events:

@@ -35,6 +35,10 @@ class Utterance:
     barge_in_after_ms: float | None = None
     #: Whether the bot should answer it (False for a backchannel like "uh-huh").
     expects_reply: bool = True
+    #: Hesitate after this many words ("I would like to ... book a table"), then go on.
+    hesitate_after_words: int | None = None
+    #: How long the hesitation lasts.
+    hesitation_ms: float = 350.0
 
 
 @dataclass
@@ -118,13 +122,15 @@ class ScriptedCaller:
         duration = utterance.duration_ms
         if duration is None:
             duration = max(300.0, words * self.ms_per_word)
-        pcm = speech_like(duration, self._rate, level_db=self.level_db, seed=seed)
-        step = self._frame_bytes
-        if len(pcm) % step:  # the last frame is padded with silence, not cut
-            pcm += bytes(step - len(pcm) % step)
+        parts = [duration]
+        if utterance.hesitate_after_words:
+            first = duration * utterance.hesitate_after_words / words
+            parts = [first, duration - first]
         start = self.session.now_ns()
-        for offset in range(0, len(pcm), step):
-            await self._frame(pcm[offset : offset + step])
+        for i, part_ms in enumerate(parts):
+            if i:
+                await self._listen_for(utterance.hesitation_ms)
+            await self._speak(part_ms, seed * 7 + i)
         self.spoken.append(
             Spoken(
                 utterance.text,
@@ -133,3 +139,11 @@ class ScriptedCaller:
                 barge_in=utterance.barge_in_after_ms is not None,
             )
         )
+
+    async def _speak(self, duration_ms: float, seed: int) -> None:
+        pcm = speech_like(duration_ms, self._rate, level_db=self.level_db, seed=seed)
+        step = self._frame_bytes
+        if len(pcm) % step:  # the last frame is padded with silence, not cut
+            pcm += bytes(step - len(pcm) % step)
+        for offset in range(0, len(pcm), step):
+            await self._frame(pcm[offset : offset + step])
