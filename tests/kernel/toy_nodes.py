@@ -6,7 +6,16 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
-from rspp.events import Cancel, Event, Interrupt, LlmDelta, TurnCommit
+from rspp.events import (
+    Cancel,
+    Event,
+    Interrupt,
+    LlmDelta,
+    TurnCommit,
+    TurnConfirm,
+    TurnSpeculate,
+)
+from rspp.events import register as register_kind
 from rspp.kernel import Node, NodeConfig
 from rspp.kernel.registry import default_registry
 
@@ -182,3 +191,43 @@ class NaiveOutput(Node[NodeConfig]):
                 await asyncio.sleep(chunk.duration_ns / 1e9)
                 self.emitted += 1
                 self.emit(AudioOut(pcm=chunk.pcm, text=chunk.text, turn=chunk.turn), chunk)
+
+
+@register_kind
+class Direct(Event, tag="test.direct", kw_only=True):
+    """A test's instruction to the Director node."""
+
+    action: str
+    text: str = ""
+    target: int = 0
+
+
+@registry.register("director")
+class Director(Node[NodeConfig]):
+    """Inline: turns test.direct instructions into reply roots and turn controls.
+
+    Stands in for a turn manager so kernel tests can script speculation exactly.
+    """
+
+    consumes: ClassVar[tuple[str, ...]] = ("test.direct",)
+    produces: ClassVar[tuple[str, ...]] = ("turn.commit", "turn.speculate")
+
+    def __init__(self, config: NodeConfig, ctx: Any) -> None:
+        super().__init__(config, ctx)
+        self.roots: list[Event] = []
+
+    def on_event(self, event: Event) -> None:
+        assert isinstance(event, Direct)
+        made: Event
+        if event.action == "commit":
+            made = TurnCommit(text=event.text)
+        elif event.action == "speculate":
+            made = TurnSpeculate(text=event.text)
+        elif event.action == "confirm":
+            made = TurnConfirm(turn=event.target)
+        elif event.action == "cancel":
+            made = Cancel(turn=event.target)
+        else:
+            raise ValueError(event.action)
+        self.emit(made)
+        self.roots.append(made)
