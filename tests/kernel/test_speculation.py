@@ -56,7 +56,7 @@ def test_speculative_output_is_held_until_confirmed_then_released_at_once() -> N
             direct(s, "confirm", target=turn)
             await asyncio.sleep(0)
             await asyncio.sleep(0)
-            first_t, first = next((t, e) for t, e in sink.records if isinstance(e, AudioOut))
+            first_t, _first = next((t, e) for t, e in sink.records if isinstance(e, AudioOut))
             assert first_t == confirmed_at  # released at once, no generation wait
             await asyncio.sleep(5.0)
             assert "".join(f.text for f in sink.audio(turn)) == REPLY

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from rspp.demo import DemoLine, demo_pipeline
 from rspp.events import AudioOut, Event
 from rspp.testing import RecordingSink, ScriptedCaller, run_virtual
@@ -32,13 +34,13 @@ def test_a_backchannel_pauses_the_bot_which_resumes_where_it_stopped() -> None:
         DemoLine("Tell me a story.", REPLY),
         DemoLine("Uh-huh.", None, barge_in_after_ms=2000.0),
     ]
-    sink, events, _ = call(lines)
+    sink, _events, _ = call(lines)
     frames = [(t, f) for t, f in sink.records if isinstance(f, AudioOut)]
     # Nothing lost, nothing repeated: the whole reply was heard, in order.
     assert "".join(f.text for _, f in frames) == REPLY
     assert [ev.kind for ev in sink.events].count("turn.interrupted") == 0
     # One gap in the audio: the pause while "uh-huh" was being judged.
-    gaps = [(a, b) for (a, _), (b, _) in zip(frames, frames[1:], strict=False) if b - a > 21 * MS]
+    gaps = [(a, b) for (a, _), (b, _) in itertools.pairwise(frames) if b - a > 21 * MS]
     assert len(gaps) == 1
     paused = next(t for t, ev in sink.records if ev.kind == "control.pause")
     resumed = next(t for t, ev in sink.records if ev.kind == "control.resume")
@@ -52,7 +54,7 @@ def test_a_real_interruption_cuts_the_bot_and_becomes_the_next_turn() -> None:
         DemoLine("Tell me a story.", REPLY),
         DemoLine("Stop, tell me about the sea.", "The sea is big.", barge_in_after_ms=2000.0),
     ]
-    sink, events, session = call(lines)
+    sink, _events, session = call(lines)
     (cut,) = [ev for ev in sink.events if ev.kind == "turn.interrupted"]
     heard = "".join(f.text for f in sink.audio(cut.turn))
     assert cut.heard_text == heard and REPLY.startswith(heard) and heard != REPLY

@@ -106,7 +106,7 @@ def schedule(saids: list[Said]) -> list[tuple[int, Event]]:
         end = start + 330 * len(said.words)
         events.append((int(start * MS), VadSpeechStart(origin_ns=int(start * MS) + 1)))
         final = " ".join(said.words)
-        believed = said.words[:-1] + ["table"] if said.late_change else said.words
+        believed = [*said.words[:-1], "table"] if said.late_change else said.words
         for i in range(1, len(said.words) + 1):
             text = " ".join(believed[:i])
             events.append((int((start + 330 * i - 1) * MS), AsrPartial(text=text)))
