@@ -27,6 +27,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/kernel.py
+	$(BIN)/python benchmarks/latency.py --out out/latency
 
 clean:
 	rm -rf $(VENV) .venv-pipecat .mypy_cache .ruff_cache .pytest_cache out

@@ -229,6 +229,19 @@ def main() -> None:
             (figures / f"latency-turn-{mode}.svg").write_text(
                 render_svg(exchange, f"{mode}: “{exchange.user_text}”"), encoding="utf-8"
             )
+        # Speculation at work: a miss (the final corrected a word) and a discard (a hesitation).
+        spec_timeline = timelines["speculative"].exchanges()
+        for name, outcome in (
+            ("miss", "speculation_replaced"),
+            ("discard", "speculation_discarded"),
+        ):
+            exchange = next(
+                ex for ex in spec_timeline if any(a.outcome == outcome for a in ex.attempts)
+            )
+            (figures / f"latency-speculation-{name}.svg").write_text(
+                render_svg(exchange, f"speculation {name}: “{exchange.user_text}”"),
+                encoding="utf-8",
+            )
         print(f"figures written to {figures}/")
 
     print(
