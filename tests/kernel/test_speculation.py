@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from rspp.events import AudioOut, Interrupt
+from rspp.events import AudioOut, Event, Interrupt, Metrics
 from rspp.kernel import Pipeline, Session
 from rspp.testing import FakeLlm, RecordingSink, run_virtual
 
@@ -43,9 +43,16 @@ def direct(session: Session, action: str, text: str = "", target: int = 0) -> in
 
 def test_speculative_output_is_held_until_confirmed_then_released_at_once() -> None:
     sink = RecordingSink()
+    metrics: list[Metrics] = []
+
+    def keep(ev: Event) -> None:
+        if isinstance(ev, Metrics):
+            metrics.append(ev)
 
     async def main() -> None:
-        async with pipeline(replies={"hello": REPLY}).session(sinks={"client": sink}) as s:
+        async with pipeline(replies={"hello": REPLY}).session(
+            sinks={"client": sink}, observers=[keep]
+        ) as s:
             turn = direct(s, "speculate", "hello")
             assert s.turns.held == turn
             await asyncio.sleep(2.0)  # the whole reply is generated and synthesized
@@ -64,6 +71,8 @@ def test_speculative_output_is_held_until_confirmed_then_released_at_once() -> N
         (lat,) = s.turn_latencies
         assert lat.speculative and lat.saved_ms is not None and lat.saved_ms > 0
         assert s.speculation.hits == 1 and s.speculation.attempts == 1
+        (summary,) = [m for m in metrics if m.name == "session.speculation"]
+        assert summary.values["hits"] == 1 and summary.values["saved_ms_total"] == lat.saved_ms
 
     run_virtual(main())
 

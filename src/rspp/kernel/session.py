@@ -253,6 +253,23 @@ class Session:
         if not self._running:
             return
         self._execute(self.turns.close())
+        spec = self.speculation
+        if spec.attempts:
+            self.publish(
+                Metrics(
+                    name="session.speculation",
+                    values={
+                        "attempts": spec.attempts,
+                        "hits": spec.hits,
+                        "misses": spec.misses,
+                        "discarded": spec.discarded,
+                        "wasted_llm_deltas": spec.wasted_llm_deltas,
+                        "wasted_llm_s": spec.wasted_llm_s,
+                        "wasted_tts_s": spec.wasted_tts_s,
+                        "saved_ms_total": sum(spec.saved_ms),
+                    },
+                )
+            )
         self.emit(None, SessionEnd(reason=reason), None)
         self.closing = True
         self._running = False
