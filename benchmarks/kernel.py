@@ -40,7 +40,6 @@ import argparse
 import asyncio
 import gc
 import json
-import math
 import os
 import platform
 import random
@@ -58,6 +57,7 @@ from rspp.events import Event, Interrupt, LlmDelta, TtsAudio, TtsDone, TurnCommi
 from rspp.kernel import Node, NodeConfig, PipelineSpec, build
 from rspp.kernel.registry import default_registry
 from rspp.testing import FakeLlm, tone
+from stats import percentile  # benchmarks/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPECAT_VENV = ROOT / ".venv-pipecat"
@@ -119,12 +119,6 @@ class PerfSink:
         self.records.append((time.perf_counter_ns(), event))
 
 
-def pctl(values: list[float], q: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
 def _spec(nodes: list[dict[str, Any]], inputs: list[str]) -> PipelineSpec:
     return msgspec.convert({"name": "bench", "input": inputs, "nodes": nodes}, PipelineSpec)
 
@@ -173,7 +167,7 @@ async def hop_overhead(queued: bool, paced: int, throughput: int) -> dict[str, f
         dropped = session.stats.dropped()
     return {
         "hop_us_p50": statistics.median(hops),
-        "hop_us_p99": pctl(hops, 0.99),
+        "hop_us_p99": percentile(hops, 0.99),
         "events_per_s": throughput / elapsed,
         "dropped": dropped,
     }
@@ -241,10 +235,10 @@ async def interruption(trials: int, seed: int = 7) -> dict[str, float]:
             )
     return {
         "interrupt_ms_p50": statistics.median(latencies),
-        "interrupt_ms_p99": pctl(latencies, 0.99),
+        "interrupt_ms_p99": percentile(latencies, 0.99),
         "llm_closed_ms_p50": statistics.median(closes),
         "silent_ms_p50": statistics.median(silences),
-        "silent_ms_p99": pctl(silences, 0.99),
+        "silent_ms_p99": percentile(silences, 0.99),
         "stale_frames": stale,
         "trials": trials,
     }

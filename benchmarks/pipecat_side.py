@@ -123,7 +123,6 @@ import asyncio
 import contextlib
 import gc
 import json
-import math
 import random
 import statistics
 import sys
@@ -156,6 +155,8 @@ from pipecat.transports.base_output import BaseOutputTransport  # noqa: E402
 from pipecat.transports.base_transport import TransportParams  # noqa: E402
 from pipecat.workers.runner import WorkerRunner  # noqa: E402
 
+from stats import percentile  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+
 N_PASS_THROUGH = 10
 HOP_DIVISOR = 10
 WARMUP_EVENTS = 50
@@ -173,20 +174,6 @@ MIN_TOKENS_BEFORE_BARGE_IN = 3
 SETTLE_S = 0.100
 WAIT_TIMEOUT_S = 10.0
 RNG_SEED = 20240601
-
-
-# --------------------------------------------------------------------------------------------
-# Statistics
-# --------------------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile: the sorted value at 1-based rank ``ceil(q / 100 * n)``."""
-    if not values:
-        raise ValueError("percentile of an empty sequence")
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
-    return ordered[rank - 1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -576,7 +563,7 @@ async def bench_interruption(trials: int) -> InterruptResults:
 def describe(label: str, values: Sequence[float], unit: str) -> str:
     return (
         f"{label}: n={len(values)} p50={statistics.median(values):.3f}{unit} "
-        f"p99={percentile(values, 99):.3f}{unit} min={min(values):.3f}{unit} "
+        f"p99={percentile(list(values), 0.99):.3f}{unit} min={min(values):.3f}{unit} "
         f"max={max(values):.3f}{unit}"
     )
 
@@ -602,10 +589,10 @@ async def main_async(quick: bool) -> dict[str, object]:
     return {
         "pipecat_version": pipecat_version,
         "hop_us_p50": statistics.median(hops.hop_us),
-        "hop_us_p99": percentile(hops.hop_us, 99),
+        "hop_us_p99": percentile(hops.hop_us, 0.99),
         "events_per_s": hops.events_per_s,
         "interrupt_ms_p50": statistics.median(intr.interrupt_ms),
-        "interrupt_ms_p99": percentile(intr.interrupt_ms, 99),
+        "interrupt_ms_p99": percentile(intr.interrupt_ms, 0.99),
         "stale_frames": intr.stale_frames,
         "trials": trials,
         "paced_events": paced_events,
