@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rspp.dialog.manager import (
@@ -446,14 +446,14 @@ def test_no_duplicate_speculation_for_the_same_normalized_text() -> None:
     call.partial(200, "Book a table")
     call.end(400)
     call.start(600)  # the speculation is discarded ...
-    call.end(700)  # ... and no partial: the same words again
-    call.final(750, "book a table!")
+    call.end(700)  # ... no new words: the same transcript (the first segment's partial) again
+    call.final(750, "book a table!")  # the same words, normalized: no new speculation
     call.final(800, "")
     call.settle()
     assert call.log == [
         (400, Speculate("Book a table")),
         (600, Discard(1)),
-        (750, Speculate("book a table!")),
+        (700, Speculate("Book a table")),
         (1200, Confirm(2)),
     ]
 
@@ -564,9 +564,10 @@ def test_never_speculates_while_the_bot_speaks_or_holds() -> None:
     call.start(2000)
     call.partial(2400, "yeah")
     call.end(2500)  # a backchannel: rejected
+    call.final(2550, "yeah")  # dropped
     call.start(3000)
     call.end(3500)  # long enough, no words yet: the final decides
-    call.final(3550, "uh")  # hmm: not an interruption
+    call.final(3550, "uh")  # a backchannel: not an interruption
     call.start(4000)
     call.partial(4100, "wait")  # one word: not enough
     call.end(4400)
@@ -863,6 +864,22 @@ def test_the_speculation_ending_clears_it() -> None:
     assert call.log == [(400, Speculate("book a table")), (1000, Commit("book a table"))]
 
 
+def test_a_confirmed_speculation_is_the_reply_until_it_ends() -> None:
+    call = Call(speculate=True)
+    call.start(0)
+    call.partial(200, "book a table")
+    call.end(400)
+    call.final(450, "book a table")
+    call.until(900)
+    assert call.effects == [Speculate("book a table"), Confirm(1)]
+    assert (call.manager.bot, call.manager.reply) == (Bot.SPEAKING, 1)
+    assert call.start(1500) == [PauseOutput()]  # talking over it is a barge-in
+    call.end(1600)
+    assert call.reply_ended(1700, 1) == []  # already resumed: the speech was too short
+    assert (call.manager.bot, call.manager.reply) == (Bot.SILENT, 0)
+    assert call.since(1000) == [(1500, PauseOutput()), (1600, ResumeOutput("not_an_interruption"))]
+
+
 def test_replies_ending_that_are_not_the_current_one_are_ignored() -> None:
     call = bot_speaking()
     assert call.reply_ended(1000, 0) == []
@@ -897,7 +914,7 @@ def test_snapshot_and_restore_between_turns() -> None:
     assert other.bot is Bot.SILENT
 
 
-def test_snapshot_keeps_the_finals_of_a_turn_in_progress() -> None:
+def test_a_user_turn_in_progress_is_not_moved_by_a_snapshot() -> None:
     call = Call()
     call.start(0)
     call.end(300)
@@ -907,8 +924,10 @@ def test_snapshot_keeps_the_finals_of_a_turn_in_progress() -> None:
     assert snap == ManagerSnapshot(user="speaking", bot="silent", reply=0, segments=["I want"])
     other = TurnManager(TurnPolicy())
     other.restore(snap)
-    assert other.user is User.SPEAKING and other.bot is Bot.SILENT
-    assert other.snapshot() == snap
+    # Snapshots are for quiet points: a half-said turn starts afresh rather than hang
+    # without its timers and pending finals.
+    assert other.user is User.IDLE and other.bot is Bot.SILENT
+    assert other.snapshot() == ManagerSnapshot(user="idle", bot="silent", reply=0, segments=[])
 
 
 def test_restoring_a_holding_bot_lets_it_go_on_speaking() -> None:
@@ -945,9 +964,11 @@ class Invariants:
             if isinstance(effect, Speculate):
                 assert bot_before is Bot.SILENT, f"Speculate while the bot is {bot_before}"
                 assert self.reply == 0, "Speculate while a reply is in progress"
+                assert effect.text.strip(), "Speculate on nothing"
                 self.held = self._number()  # a new speculation replaces the old one
             elif isinstance(effect, Commit):
                 assert self.reply == 0, "Commit while a reply is in progress"
+                assert effect.text.strip(), "Commit of nothing"
                 self.reply, self.held = self._number(), 0  # a missed speculation is dropped
                 replies += 1
             elif isinstance(effect, Confirm):
@@ -1047,6 +1068,40 @@ def timeline(
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(  # the reply ends while a barge-in with words is undecided (found by this test)
+    policy={
+        "speculate": False,
+        "speculate_on": "partial",
+        "pause_while_undecided": True,
+        "interrupt_min_ms": 300.0,
+        "interrupt_min_words": 1,
+        "match": "normalized",
+        "max_word_edits": 0,
+        "final_timeout_ms": 1500.0,
+    },
+    probability=None,
+    segs=[
+        {
+            "gap": 0,
+            "duration": 300,
+            "vad_lag": 0,
+            "partials": [],
+            "final": "book a table",
+            "final_delay": 0,
+            "reply_end": None,
+        },
+        {
+            "gap": 700,
+            "duration": 400,
+            "vad_lag": 0,
+            "partials": [("wait stop", 0)],  # at 1200 ms: too early to decide
+            "final": "wait stop",
+            "final_delay": 0,
+            "reply_end": (250, 0),  # at 1250 ms; the barge-in timer was due at 1300 ms
+        },
+    ],
+    ends=[],
+)
 @given(
     policy=policies,
     probability=st.sampled_from([None, 0.1, 0.9]),
@@ -1077,4 +1132,7 @@ def test_random_conversations_keep_the_invariants(
             speculation = m.speculation[0] if m.speculation else 0
             call.reply_ended(at, [m.reply, speculation, call.next_turn - 1, 0][a])
     call.settle()
-    assert m.user is User.IDLE or m.bot is not Bot.SILENT or m.deadline is None
+    # every segment ended: no turn and no barge-in is left hanging without a timer
+    assert m.user is User.IDLE, f"the user's turn hangs in {m.user}"
+    assert m.bot is not Bot.HOLDING, "a barge-in was never decided"
+    assert not invariants.paused

@@ -148,6 +148,17 @@ class ManagerSnapshot(msgspec.Struct, kw_only=True):
     segments: list[str]
 
 
+class _Segment:
+    """A speech segment waiting for its final: whether to keep it, and what partials said."""
+
+    __slots__ = ("keep", "partial", "stable")
+
+    def __init__(self) -> None:
+        self.keep = True
+        self.partial = ""
+        self.stable = ""
+
+
 class TurnManager:
     """Pure turn-taking logic. See the module docstring."""
 
@@ -164,25 +175,21 @@ class TurnManager:
         self.deadline: int | None = None
         self._deadline_kind = ""
         self._segments: list[str] = []  # finals of the user's turn so far
-        self._pending: deque[bool] = deque()  # segments awaiting their final: keep them?
-        self._partial = ""
-        self._stable = ""
+        self._pending: deque[_Segment] = deque()  # segments awaiting their final, oldest first
         self._speech_end = 0
         self._spec_text = ""  # text of a Speculate effect not yet acknowledged
         self._paused = False
         self._barge_start = 0
-        self._barge_words = 0
 
     # -- observations ------------------------------------------------------------------------
 
     def speech_start(self, now: int) -> list[Effect]:
         """The VAD heard speech start at ``now``."""
         effects: list[Effect] = []
-        self._partial = self._stable = ""
-        self._pending.append(True)
+        self._pending.append(_Segment())
         if self.bot is Bot.SPEAKING:
             self.bot = Bot.HOLDING
-            self._barge_start, self._barge_words = now, 0
+            self._barge_start = now
             if self.policy.pause_while_undecided:
                 self._paused = True
                 effects.append(PauseOutput())
@@ -210,9 +217,14 @@ class TurnManager:
             policy = self.policy
             if ended_at - self._barge_start < _ns(policy.interrupt_min_ms):
                 return self._reject_barge()
-            if self._partial.strip() and is_backchannel(self._partial, policy.backchannels):
+            heard = self._heard()
+            if (
+                policy.interrupt_min_words
+                and heard.strip()
+                and is_backchannel(heard, policy.backchannels)
+            ):
                 return self._reject_barge()  # "uh-huh" will not become a sentence
-            effects = self._check_barge(now, self._partial)
+            effects = self._check_barge(now, heard)
             if not effects:  # no words yet: the final transcript decides
                 self._set_deadline(now + _ns(policy.final_timeout_ms), "barge_final")
             return effects
@@ -223,31 +235,30 @@ class TurnManager:
 
     def partial(self, now: int, text: str, stable: str) -> list[Effect]:
         """An interim transcript of the segment being spoken."""
-        self._partial, self._stable = text, stable
+        if not self._pending:
+            return []
+        segment = self._pending[-1]
+        segment.partial, segment.stable = text, stable
         if self.bot is Bot.HOLDING:
-            self._barge_words = len(text.split())
-            return self._check_barge(now, text)
+            return self._check_barge(now, self._heard())
         return []
 
     def final(self, now: int, text: str) -> list[Effect]:
         """The final transcript of the oldest segment still waiting for one."""
-        keep = self._pending.popleft() if self._pending else False  # unexpected: drop it
-        if not keep:
-            return []
-        if self.bot is Bot.HOLDING:
-            if self.user is User.SPEAKING:
-                self._segments.append(text)  # an earlier segment of a still-undecided barge-in
-                return []
-            return self._decide_barge_on_final(now, text)
+        if not self._pending or not self._pending.popleft().keep:
+            return []  # unexpected, or the final of a dismissed utterance
         if text.strip():
             self._segments.append(text)
-        self._partial = self._stable = ""
+        if self.bot is Bot.HOLDING:
+            if self.user is User.SPEAKING or self._pending:
+                return []  # an earlier segment of a barge-in still being decided
+            return self._decide_barge_on_final(now)
         if self.bot is not Bot.SILENT:
             return []
         if self.user is User.AWAIT_FINAL and not self._pending:
             return self._end_of_turn(now)
         if self.user is User.PAUSED:
-            self._set_endpoint(" ".join(self._segments), shorten_only=True)
+            self._set_endpoint(self._hypothesis(), shorten_only=True)
             if self.deadline is not None and now >= self.deadline and not self._pending:
                 return self._end_of_turn(now)
             return self._speculate()
@@ -260,7 +271,7 @@ class TurnManager:
         kind = self._deadline_kind
         self._clear_deadline()
         if kind == "barge":
-            return self._check_barge(now, self._partial)
+            return self._check_barge(now, self._heard())
         if kind == "barge_final":
             return self._reject_barge()
         if kind == "endpoint":
@@ -272,11 +283,12 @@ class TurnManager:
                 return []
             return self._end_of_turn(now)
         if kind == "final" and self.user is User.AWAIT_FINAL:
-            # The final never came: go with what the recogniser last said.
-            if self._pending:
-                self._pending.popleft()
-            if self._partial.strip():
-                self._segments.append(self._partial)
+            # A final never came: go with what the recogniser last said, and drop the
+            # late finals when they do come.
+            for segment in self._pending:
+                if segment.keep and segment.partial.strip():
+                    self._segments.append(segment.partial)
+                segment.keep = False
             return self._end_of_turn(now)
         return []
 
@@ -301,6 +313,7 @@ class TurnManager:
             # The bot stopped on its own while we were deciding: the speech is a user turn.
             effects += self._resume("reply_ended")
             self.bot = Bot.SILENT
+            self._clear_deadline()  # no barge-in to decide any more
             if self.user is User.PAUSED:
                 self._set_endpoint(self._hypothesis())
         else:
@@ -310,12 +323,15 @@ class TurnManager:
     # -- internals ------------------------------------------------------------------------
 
     def _hypothesis(self) -> str:
-        """The transcript of the user's turn so far: finals plus the current partial."""
+        """The transcript of the user's turn so far: finals, then what partials said since."""
+        stable = self.policy.speculate_on == "stable"
         words = list(self._segments)
-        if self._pending:
-            current = self._stable if self.policy.speculate_on == "stable" else self._partial
-            if current.strip():
-                words.append(current)
+        words += [s.stable if stable else s.partial for s in self._pending if s.keep]
+        return " ".join(w.strip() for w in words if w.strip())
+
+    def _heard(self) -> str:
+        """What the user has said since speech started over the bot (finals and partials)."""
+        words = self._segments + [s.partial for s in self._pending if s.keep]
         return " ".join(w.strip() for w in words if w.strip())
 
     def _set_endpoint(self, transcript: str, *, shorten_only: bool = False) -> None:
@@ -355,7 +371,6 @@ class TurnManager:
     def _end_of_turn(self, now: int) -> list[Effect]:
         transcript = " ".join(s.strip() for s in self._segments if s.strip())
         self._segments = []
-        self._partial = self._stable = ""
         self.user = User.IDLE
         self._clear_deadline()
         if not transcript:
@@ -376,23 +391,22 @@ class TurnManager:
         policy = self.policy
         if now - self._barge_start < _ns(policy.interrupt_min_ms):
             return []
-        if policy.interrupt_min_words:
-            if self._barge_words < policy.interrupt_min_words:
-                return []
-            if is_backchannel(text, policy.backchannels):
-                return []
+        if policy.interrupt_min_words and (
+            len(text.split()) < policy.interrupt_min_words
+            or is_backchannel(text, policy.backchannels)
+        ):
+            return []
         return self._accept_barge()
 
-    def _decide_barge_on_final(self, now: int, text: str) -> list[Effect]:
-        """Speech ended long enough; the final transcript settles it."""
+    def _decide_barge_on_final(self, now: int) -> list[Effect]:
+        """Speech ended long enough; the final transcripts settle it."""
         policy = self.policy
+        text = " ".join(self._segments)
         words = len(text.split())
         if policy.interrupt_min_words and (
             words < policy.interrupt_min_words or is_backchannel(text, policy.backchannels)
         ):
             return self._reject_barge()
-        if text.strip():
-            self._segments.append(text)
         effects = self._accept_barge()
         if self.user is User.PAUSED and not self._pending:
             self._set_endpoint(" ".join(self._segments))
@@ -415,9 +429,8 @@ class TurnManager:
         self.user = User.IDLE
         self._segments = []
         self._clear_deadline()
-        # Its final (if still to come) is dropped.
-        for i in range(len(self._pending)):
-            self._pending[i] = False
+        for segment in self._pending:  # its finals, still to come, are dropped
+            segment.keep = False
         return self._resume("not_an_interruption")
 
     def _resume(self, reason: str) -> list[Effect]:
@@ -443,10 +456,14 @@ class TurnManager:
         )
 
     def restore(self, snap: ManagerSnapshot) -> None:
-        self.user, self.bot = User(snap.user), Bot(snap.bot)
-        self.reply, self._segments = snap.reply, list(snap.segments)
-        if self.bot is Bot.HOLDING:  # a decision cannot be moved half-made: let the bot go on
+        """Take a snapshot's state. Snapshots are meant for quiet points: a user turn or a
+        barge-in decision in progress is not moved (the user turn starts afresh, the bot
+        goes on)."""
+        self.bot, self.reply = Bot(snap.bot), snap.reply
+        if self.bot is Bot.HOLDING:
             self.bot = Bot.SPEAKING
+        self.user = User.IDLE
+        self._segments = []
 
 
 def _ns(ms: float) -> int:

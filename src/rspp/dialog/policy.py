@@ -20,7 +20,7 @@ DEFAULT_BACKCHANNELS = [
 ]  # fmt: skip
 
 
-class TurnPolicy(NodeConfig):
+class TurnPolicy(NodeConfig, kw_only=True):
     """When a user's turn ends, when a barge-in counts, and whether to speculate."""
 
     # -- end of turn ----------------------------------------------------------------------

@@ -37,10 +37,17 @@ from rspp.kernel.session import Timer
 __all__ = ["TurnManagerConfig", "TurnManagerNode"]
 
 
-class TurnManagerConfig(TurnPolicy):
+class TurnManagerConfig(TurnPolicy, kw_only=True):
     """The turn policy, plus the end-of-turn predictor: None, "heuristic", or "module:callable"."""
 
     predictor: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:  # a predictor that cannot be loaded is a build error, not a failure at call time
+            load_predictor(self.predictor)
+        except (ImportError, AttributeError, TypeError) as exc:
+            raise ValueError(f"predictor {self.predictor!r} cannot be loaded: {exc}") from exc
 
 
 class TurnManagerNode(Node[TurnManagerConfig]):
