@@ -25,8 +25,9 @@ an output buffer declare ``controls = ("control.clear_buffer",)`` and drop it
 in :meth:`Node.on_control`, which the kernel calls synchronously.
 
 Optionally: ``async def run()`` is a long-lived body (a playout clock, a
-connection) owned by the session and cancelled when it closes; and
-``snapshot()``/``restore()`` move the node's state between processes.
+connection) owned by the session and cancelled when it closes; ``close()``
+releases resources once the session is over; and ``snapshot()``/``restore()``
+move the node's state between processes.
 """
 
 from __future__ import annotations
@@ -175,6 +176,9 @@ class Node(Generic[C]):
     async def run(self) -> None:
         """A long-lived body owned by the session, cancelled at close (run only if overridden)."""
         await asyncio.sleep(0)  # pragma: no cover
+
+    def close(self) -> None:
+        """The session ended (every task of it is done): release what the node holds."""
 
     def snapshot(self) -> Any:
         """The node's resumable state, msgpack-encodable. None if stateless."""

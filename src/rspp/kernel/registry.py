@@ -23,6 +23,11 @@ N = TypeVar("N", bound=type[Node[Any]])
 _BUILTIN = {
     "passthrough": "rspp.nodes.passthrough:PassThrough",
     "energy_vad": "rspp.nodes.energy_vad:EnergyVad",
+    "silero_vad": "rspp.nodes.silero_vad:SileroVad",
+    "webrtc_vad": "rspp.nodes.webrtc_vad:WebrtcVad",
+    "pocketsphinx_asr": "rspp.nodes.asr_pocketsphinx:PocketsphinxAsr",
+    "whisper_asr": "rspp.nodes.asr_whisper:WhisperAsr",
+    "llama_llm": "rspp.nodes.llm_llama:LlamaLlm",
     "commit_on_final": "rspp.nodes.commit_on_final:CommitOnFinal",
     "turn_manager": "rspp.nodes.turn_manager:TurnManagerNode",
     "audio_output": "rspp.nodes.audio_output:AudioOutput",

@@ -284,6 +284,11 @@ class Session:
             _, pending = await asyncio.wait(pending, timeout=0.05)
         assert self._tg is not None
         await self._tg.__aexit__(None, None, None)
+        for runner in self._runners.values():
+            try:
+                runner.node.close()  # type: ignore[union-attr]
+            except Exception as exc:
+                self.node_failed(runner, None, exc)
 
     @property
     def running(self) -> bool:

@@ -1,0 +1,100 @@
+"""The local LLM node: Gemma 3 270M through llama.cpp, streamed and cancellable.
+
+It answers reply roots (``turn.commit``, and ``turn.speculate`` when the
+pipeline speculates) with ``llm.delta`` tokens and an ``llm.done``. The prompt
+is the few-shot transcript of ``rspp.providers.local.llama`` built from the
+session's conversation (what the user actually heard of earlier replies). The
+generation runs in the model thread pool; tokens cross back to the event loop
+one by one. When the runtime cancels the reply (a barge-in, a dropped
+speculation), the cancel flag stops the generation within one token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, ClassVar
+
+from msgspec import Meta
+
+from rspp.events import Event, LlmDelta, LlmDone, TurnCommit, TurnSpeculate
+from rspp.kernel.node import Node, NodeConfig
+from rspp.providers.local.blocking import start_blocking
+from rspp.providers.local.llama import DEFAULT_SYSTEM, LlamaModel, few_shot_prompt
+
+__all__ = ["LlamaLlm", "LlamaLlmConfig"]
+
+_END = object()
+
+
+class LlamaLlmConfig(NodeConfig):
+    #: A GGUF file; empty: the bundled Gemma 3 270M.
+    model_path: str = ""
+    system: str = DEFAULT_SYSTEM
+    max_tokens: Annotated[int, Meta(ge=1, le=4096)] = 60
+    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] = 0.7
+    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] = 0.9
+    n_ctx: Annotated[int, Meta(ge=256, le=131072)] = 2048
+    n_threads: Annotated[int, Meta(ge=1, le=64)] = 2
+    #: Fixed sampling seed (reproducible replies); None: random.
+    seed: int | None = None
+    #: How many earlier messages of the conversation go into the prompt.
+    history_messages: Annotated[int, Meta(ge=0)] = 8
+
+
+class LlamaLlm(Node[LlamaLlmConfig]):
+    """Gemma 3 270M (or any GGUF) via llama-cpp-python."""
+
+    consumes: ClassVar[tuple[str, ...]] = ("turn.commit",)
+    accepts: ClassVar[tuple[str, ...]] = ("turn.speculate",)
+    produces: ClassVar[tuple[str, ...]] = ("llm.delta", "llm.done")
+    Config = LlamaLlmConfig
+
+    def __init__(self, config: LlamaLlmConfig, ctx: Any) -> None:
+        super().__init__(config, ctx)
+        from pathlib import Path
+
+        path = Path(config.model_path) if config.model_path else None
+        self.model = LlamaModel(path, n_ctx=config.n_ctx, n_threads=config.n_threads)
+
+    async def stream(self, event: Event) -> AsyncIterator[Event]:
+        assert isinstance(event, (TurnCommit, TurnSpeculate))
+        cfg = self.config
+        history = self.ctx.conversation.history(before=event.turn)[-cfg.history_messages :]
+        prompt = few_shot_prompt([(m.role, m.text) for m in history], event.text, system=cfg.system)
+        loop = asyncio.get_running_loop()
+        tokens: asyncio.Queue[object] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def on_text(text: str) -> None:
+            loop.call_soon_threadsafe(tokens.put_nowait, text)
+
+        job = start_blocking(
+            self.model.generate,
+            prompt,
+            on_text,
+            cancel,
+            max_tokens=cfg.max_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            seed=cfg.seed,
+        )
+        # Runs after every token the thread queued (both cross via call_soon_threadsafe).
+        job.add_done_callback(lambda _: tokens.put_nowait(_END))
+        first = True
+        try:
+            while (item := await tokens.get()) is not _END:
+                text = str(item)
+                if first:
+                    text, first = text.lstrip(), False
+                    if not text:
+                        first = True
+                        continue
+                yield LlmDelta(text=text)
+            reason = await job
+        finally:
+            cancel.set()  # a cancelled reply stops within one token
+            if not job.done():  # nobody awaits it any more: do not warn about its result
+                job.add_done_callback(lambda j: j.cancelled() or j.exception())
+        yield LlmDone(finish_reason=reason)

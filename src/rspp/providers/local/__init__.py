@@ -1,0 +1,1 @@
+"""Offline models that ship inside Python packages, loaded once per process."""

@@ -1,0 +1,117 @@
+"""A local LLM with llama.cpp: Gemma 3 270M (Q4_K_M), streamed token by token, cancellable.
+
+Gemma 3 270M is a *base* model with no chat template -- a small demo model,
+not an assistant you would ship. It is prompted with a documented few-shot
+transcript (:func:`few_shot_prompt`) and stop sequences, so it continues the
+conversation as the assistant and stops at the user's next line.
+
+The model is loaded once per process (``Llama`` is not safe to use from two
+threads at once, so generations are serialized by a lock); a generation runs
+in the model thread pool and checks a cancel flag between tokens, so a
+cancelled reply stops within one token and frees the model for the next.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rspp.providers.local.assets import gemma_gguf
+
+__all__ = ["DEFAULT_EXAMPLES", "DEFAULT_SYSTEM", "STOP", "LlamaModel", "few_shot_prompt"]
+
+DEFAULT_SYSTEM = (
+    "The following is a conversation between a friendly voice assistant and a user. "
+    "The assistant answers in one or two short spoken sentences."
+)
+DEFAULT_EXAMPLES: list[tuple[str, str]] = [
+    ("Hello, who are you?", "Hi! I am a voice assistant. How can I help you today?"),
+    ("What is the capital of France?", "The capital of France is Paris."),
+]
+#: Where a reply ends: the next speaker's line, or a blank line.
+STOP = ["\nUser:", "\nAssistant:", "User:", "\n\n"]
+
+
+def few_shot_prompt(
+    history: Sequence[tuple[str, str]],
+    user_text: str,
+    *,
+    system: str = DEFAULT_SYSTEM,
+    examples: Sequence[tuple[str, str]] = DEFAULT_EXAMPLES,
+) -> str:
+    """The prompt: a system line, example exchanges, the history, the user's words.
+
+    ``history`` is (role, text) with role "user" or "assistant". The prompt ends
+    with ``Assistant:`` so the model writes the assistant's next line.
+    """
+    lines = [system, ""]
+    for user, assistant in examples:
+        lines += [f"User: {user}", f"Assistant: {assistant}"]
+    for role, text in history:
+        speaker = "User" if role == "user" else "Assistant"
+        lines.append(f"{speaker}: {' '.join(text.split())}")
+    lines.append(f"User: {' '.join(user_text.split())}")
+    lines.append("Assistant:")
+    return "\n".join(lines)
+
+
+@functools.cache
+def _load(path: Path, n_ctx: int, n_threads: int) -> tuple[Any, threading.Lock]:
+    from llama_cpp import Llama
+
+    model = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+    return model, threading.Lock()
+
+
+class LlamaModel:
+    """A GGUF model through llama-cpp-python, shared by every session of the process."""
+
+    def __init__(self, path: Path | None = None, *, n_ctx: int = 2048, n_threads: int = 2) -> None:
+        self.path = Path(path) if path is not None else gemma_gguf()
+        self._model, self._lock = _load(self.path, n_ctx, n_threads)
+
+    def generate(
+        self,
+        prompt: str,
+        on_text: Callable[[str], None],
+        cancel: threading.Event,
+        *,
+        max_tokens: int = 64,
+        temperature: float = 0.7,
+        top_p: float = 0.9,
+        stop: Sequence[str] = STOP,
+        seed: int | None = None,
+    ) -> str:
+        """Generate (blocking), calling ``on_text`` per token; stops early when ``cancel`` is set.
+
+        Returns the finish reason: "stop", "length" or "cancelled".
+        """
+        with self._lock:
+            if cancel.is_set():
+                return "cancelled"
+            pieces = self._model.create_completion(
+                prompt,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                stop=list(stop),
+                stream=True,
+                seed=seed,
+            )
+            reason = "stop"
+            try:
+                for piece in pieces:
+                    if cancel.is_set():
+                        return "cancelled"
+                    choice = piece["choices"][0]
+                    if choice["text"]:
+                        on_text(choice["text"])
+                    reason = choice.get("finish_reason") or reason
+            finally:
+                close = getattr(pieces, "close", None)
+                if close is not None:
+                    close()  # ends the generation inside llama.cpp
+            return str(reason)
