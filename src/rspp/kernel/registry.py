@@ -28,6 +28,8 @@ _BUILTIN = {
     "pocketsphinx_asr": "rspp.nodes.asr_pocketsphinx:PocketsphinxAsr",
     "whisper_asr": "rspp.nodes.asr_whisper:WhisperAsr",
     "llama_llm": "rspp.nodes.llm_llama:LlamaLlm",
+    "piper_tts": "rspp.nodes.tts_piper:PiperTtsNode",
+    "espeak_tts": "rspp.nodes.tts_espeak:EspeakTtsNode",
     "commit_on_final": "rspp.nodes.commit_on_final:CommitOnFinal",
     "turn_manager": "rspp.nodes.turn_manager:TurnManagerNode",
     "audio_output": "rspp.nodes.audio_output:AudioOutput",

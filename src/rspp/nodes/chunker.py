@@ -10,6 +10,10 @@ sentence never cut it; a few abbreviations (``Mr.``, ``Dr.``, ...) are not
 sentence ends. ``full`` mode releases nothing before :meth:`flush`, which is
 how a sequential pipeline behaves. Pieces keep their whitespace: joined, they
 are exactly the text pushed.
+
+The first piece decides the time to first audio, so ``first_max_words`` can
+release it early: after that many words, at a word boundary, even without
+punctuation (a little prosody traded for latency on the first words only).
 """
 
 from __future__ import annotations
@@ -32,16 +36,25 @@ _LAST_WORD = re.compile(r"(\S+)$")
 class TextChunker:
     """Incremental text chunker; see the module docstring."""
 
-    __slots__ = ("_buffer", "_scan", "max_chars", "min_chars", "mode")
+    __slots__ = ("_buffer", "_first", "_scan", "first_max_words", "max_chars", "min_chars", "mode")
 
-    def __init__(self, mode: ChunkMode = "sentence", *, min_chars: int = 1, max_chars: int = 300):
-        if min_chars < 1 or max_chars < min_chars:
-            raise ValueError("need 1 <= min_chars <= max_chars")
+    def __init__(
+        self,
+        mode: ChunkMode = "sentence",
+        *,
+        min_chars: int = 1,
+        max_chars: int = 300,
+        first_max_words: int = 0,
+    ):
+        if min_chars < 1 or max_chars < min_chars or first_max_words < 0:
+            raise ValueError("need 1 <= min_chars <= max_chars and first_max_words >= 0")
         self.mode = mode
         self.min_chars = min_chars
         self.max_chars = max_chars
+        self.first_max_words = first_max_words
         self._buffer = ""
         self._scan = 0  # where to resume looking for a boundary
+        self._first = True  # nothing released yet
 
     def push(self, text: str) -> list[str]:
         """Add streamed text; return the pieces that are now complete."""
@@ -53,11 +66,13 @@ class TextChunker:
             pieces.append(self._buffer[:cut])
             self._buffer = self._buffer[cut:]
             self._scan = 0
+            self._first = False
         return pieces
 
     def flush(self) -> str:
         """Everything not yet released (the end of the reply)."""
         rest, self._buffer, self._scan = self._buffer, "", 0
+        self._first = True  # the chunker may serve the next reply
         return rest
 
     @property
@@ -83,6 +98,13 @@ class TextChunker:
                 return j
             i += 1
         self._scan = max(0, len(buf) - 1)
+        if self._first and self.first_max_words:
+            words = buf.split(" ")
+            # Enough whole words, and the next one has begun (the last is complete).
+            if len(words) > self.first_max_words and len(words[0]) > 0:
+                cut = len(" ".join(words[: self.first_max_words])) + 1
+                if cut >= self.min_chars:
+                    return cut
         if len(buf) > self.max_chars:
             # No boundary in sight: cut at the last space before the limit.
             space = buf.rfind(" ", 0, self.max_chars)

@@ -39,6 +39,8 @@ class Utterance:
     hesitate_after_words: int | None = None
     #: How long the hesitation lasts.
     hesitation_ms: float = 350.0
+    #: Recorded speech to play (PCM16 mono at the session's rate); None: speech-like noise.
+    audio: bytes | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -118,6 +120,18 @@ class ScriptedCaller:
             frames += 1
 
     async def _say(self, utterance: Utterance, seed: int) -> None:
+        if utterance.audio is not None:
+            start = self.session.now_ns()
+            await self._play(utterance.audio)
+            self.spoken.append(
+                Spoken(
+                    utterance.text,
+                    start,
+                    self.session.now_ns(),
+                    barge_in=utterance.barge_in_after_ms is not None,
+                )
+            )
+            return
         words = len(utterance.text.split())
         duration = utterance.duration_ms
         if duration is None:
@@ -141,7 +155,9 @@ class ScriptedCaller:
         )
 
     async def _speak(self, duration_ms: float, seed: int) -> None:
-        pcm = speech_like(duration_ms, self._rate, level_db=self.level_db, seed=seed)
+        await self._play(speech_like(duration_ms, self._rate, level_db=self.level_db, seed=seed))
+
+    async def _play(self, pcm: bytes) -> None:
         step = self._frame_bytes
         if len(pcm) % step:  # the last frame is padded with silence, not cut
             pcm += bytes(step - len(pcm) % step)

@@ -32,15 +32,14 @@ from rspp.events import (
     LlmDelta,
     LlmDone,
     TtsAudio,
-    TtsDone,
     TurnCommit,
     TurnSpeculate,
     VadSpeechEnd,
     VadSpeechStart,
 )
 from rspp.kernel.node import Node, NodeConfig
-from rspp.nodes.chunker import ChunkMode, TextChunker
 from rspp.nodes.text import spread_words
+from rspp.nodes.tts_base import ChunkedTts, TtsConfig
 from rspp.testing.audio import tone
 
 __all__ = [
@@ -323,20 +322,13 @@ class FakeLlm(Node[FakeLlmConfig]):
 # --------------------------------------------------------------------------- TTS
 
 
-class FakeTtsConfig(NodeConfig):
+class FakeTtsConfig(TtsConfig):
     #: Time to first audio of each piece of text (ms, or a [low, high] range per piece).
     ttfa_ms: Profile = 150.0
     #: Real-time factor: compute time per second of audio after the first chunk (or a range).
     rtf: Profile = 0.2
     #: Spoken duration per character of text.
     ms_per_char: Annotated[float, Meta(gt=0.0)] = 60.0
-    #: Size of the audio chunks produced.
-    chunk_ms: Annotated[float, Meta(ge=1.0)] = 200.0
-    sample_rate: Annotated[int, Meta(ge=1000, le=384_000)] = 16000
-    #: How the text stream is cut into pieces to synthesize (``full``: wait for the whole reply).
-    chunking: ChunkMode = "sentence"
-    #: The shortest piece worth synthesizing on its own.
-    min_chars: Annotated[int, Meta(ge=1)] = 1
     #: Stream audio as it is synthesized; False: a piece's audio comes out when all of it is done.
     stream_audio: bool = True
     #: Test knob: swallow cancellation and finish the current chunk anyway.
@@ -348,50 +340,24 @@ class FakeTtsConfig(NodeConfig):
         _check_profile("rtf", self.rtf, 0.0)
 
 
-class FakeTts(Node[FakeTtsConfig]):
+class FakeTts(ChunkedTts):
     """TTS stand-in: synthesizes each piece of text as tone chunks carrying its words.
 
     The text stream of each reply goes through a :class:`~rspp.nodes.chunker.TextChunker`:
     with ``sentence`` chunking the first audio can leave before the LLM is done.
     """
 
-    consumes: ClassVar[tuple[str, ...]] = ("llm.delta", "llm.done")
-    produces: ClassVar[tuple[str, ...]] = ("tts.audio", "tts.done")
     Config = FakeTtsConfig
 
     def __init__(self, config: FakeTtsConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
-        self._chunkers: dict[int, TextChunker] = {}  # turn -> its text not yet synthesized
         #: Every chunk produced: (tick, turn).
         self.produced: list[tuple[int, int]] = []
         #: Every piece of text synthesized: (turn, text).
         self.pieces: list[tuple[int, str]] = []
         self.ignored_cancels = 0
 
-    def _chunker(self, turn: int) -> TextChunker:
-        chunker = self._chunkers.get(turn)
-        if chunker is None:
-            cfg = self.config
-            chunker = self._chunkers[turn] = TextChunker(cfg.chunking, min_chars=cfg.min_chars)
-        return chunker
-
-    async def stream(self, event: Event) -> AsyncIterator[Event]:
-        for turn in [t for t in self._chunkers if self.ctx.is_fenced(t)]:
-            del self._chunkers[turn]
-        turn = event.turn
-        if isinstance(event, LlmDelta):
-            for piece in self._chunker(turn).push(event.text):
-                async for chunk in self._synthesize(piece, turn):
-                    yield chunk
-        elif isinstance(event, LlmDone):
-            rest = self._chunker(turn).flush()
-            del self._chunkers[turn]
-            if rest.strip():
-                async for chunk in self._synthesize(rest, turn):
-                    yield chunk
-            yield TtsDone()
-
-    async def _synthesize(self, text: str, turn: int) -> AsyncIterator[TtsAudio]:
+    async def synthesize(self, text: str, turn: int) -> AsyncIterator[TtsAudio]:
         cfg = self.config
         self.pieces.append((turn, text))
         duration_ms = max(cfg.chunk_ms / 2, len(text.strip()) * cfg.ms_per_char)
@@ -416,10 +382,3 @@ class FakeTts(Node[FakeTtsConfig]):
                 chunks.append(chunk)
         for chunk in chunks:
             yield chunk
-
-    def snapshot(self) -> Any:
-        return {"pending": {str(k): c.pending for k, c in self._chunkers.items()}}
-
-    def restore(self, state: Any) -> None:
-        for turn, text in state["pending"].items():
-            self._chunker(int(turn)).push(text)

@@ -24,12 +24,21 @@ from rspp.providers.local.assets import gemma_gguf
 __all__ = ["DEFAULT_EXAMPLES", "DEFAULT_SYSTEM", "STOP", "LlamaModel", "few_shot_prompt"]
 
 DEFAULT_SYSTEM = (
-    "The following is a conversation between a friendly voice assistant and a user. "
-    "The assistant answers in one or two short spoken sentences."
+    "A friendly voice assistant named Robin chats with a user. Robin answers each question "
+    "helpfully in one or two short sentences, and says goodbye politely."
 )
+#: Example exchanges: they teach the base model the format, the length and the tone.
 DEFAULT_EXAMPLES: list[tuple[str, str]] = [
-    ("Hello, who are you?", "Hi! I am a voice assistant. How can I help you today?"),
-    ("What is the capital of France?", "The capital of France is Paris."),
+    ("hello who is this", "Hi, I'm Robin, your voice assistant. What can I do for you?"),
+    (
+        "what's a good dessert to cook tonight",
+        "You could make a simple apple crumble. It takes about forty minutes.",
+    ),
+    (
+        "how far is the moon",
+        "The moon is about three hundred and eighty four thousand kilometres away.",
+    ),
+    ("ok thanks bye", "You're welcome. Have a great day, goodbye!"),
 ]
 #: Where a reply ends: the next speaker's line, or a blank line.
 STOP = ["\nUser:", "\nAssistant:", "User:", "\n\n"]
