@@ -1,4 +1,4 @@
-"""The demo conversation: a scripted caller talks to the demo pipeline.
+"""The fake demo conversation: a scripted caller talks to the test kit's demo pipeline.
 
 The pipeline (``rspp/pipelines/demo.toml``) is a real energy VAD, the turn
 manager with speculation on, and the kernel's own nodes; the test kit's fake
@@ -12,21 +12,16 @@ run.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-import msgspec
+from rspp.kernel import Pipeline, build, load_spec
+from rspp.report import Recorder, SessionReport, report
+from rspp.testing import ScriptedCaller, Utterance, VirtualClock
 
-from rspp.events import Event, JsonCodec, LlmDelta
-from rspp.kernel import Pipeline, TurnLatency, build, load_spec
-from rspp.kernel.latency import SpeculationStats
-from rspp.kernel.session import SessionStats
-from rspp.observability import Timeline, write_html
-from rspp.testing import RecordingSink, ScriptedCaller, Utterance, VirtualClock, wav_bytes
-
-__all__ = ["DEMO_SCRIPT", "DemoLine", "DemoResult", "TurnReport", "demo_pipeline", "run_demo"]
+__all__ = ["DEMO_SCRIPT", "DemoLine", "demo_pipeline", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -104,86 +99,20 @@ def demo_pipeline(script: list[DemoLine] = DEMO_SCRIPT, **overrides: Any) -> Pip
     return build(spec)
 
 
-@dataclass
-class TurnReport:
-    """One exchange of the demo, as the user experienced it."""
-
-    turn: int
-    user: str
-    reply: str
-    heard: str
-    interrupted: bool
-    latency: TurnLatency | None
-
-
-@dataclass
-class DemoResult:
-    turns: list[TurnReport]
-    stats: SessionStats
-    speculation: SpeculationStats
-    bot_pcm: bytes
-    timeline: Timeline
-    events: list[Event] = field(default_factory=list)
-
-
-async def _converse(script: list[DemoLine]) -> DemoResult:
+async def _converse(script: list[DemoLine]) -> SessionReport:
     pipeline = demo_pipeline(script)
-    sink = RecordingSink()
-    events: list[Event] = []
-    timeline = Timeline()
+    recorder = Recorder()
     async with pipeline.session(
-        "demo", sinks={"client": sink}, observers=[events.append, timeline]
+        "demo", sinks={"client": recorder.sink}, observers=[recorder]
     ) as session:
-        caller = ScriptedCaller(session, sink, [line.utterance() for line in script])
+        caller = ScriptedCaller(session, recorder.sink, [line.utterance() for line in script])
         await caller.play()
-    generated: dict[int, str] = {}
-    for ev in events:
-        if isinstance(ev, LlmDelta):
-            generated[ev.turn] = generated.get(ev.turn, "") + ev.text
-    latencies = {lat.turn: lat for lat in session.turn_latencies}
-    history = session.conversation.history()
-    turns = []
-    for user, assistant in zip(history[::2], history[1::2], strict=False):
-        turns.append(
-            TurnReport(
-                turn=assistant.turn,
-                user=user.text,
-                reply=generated.get(assistant.turn, ""),
-                heard=assistant.text,
-                interrupted=assistant.interrupted,
-                latency=latencies.get(assistant.turn),
-            )
-        )
-    return DemoResult(
-        turns=turns,
-        stats=session.stats,
-        speculation=session.speculation,
-        bot_pcm=sink.pcm(),
-        timeline=timeline,
-        events=events,
-    )
+    return report(session, recorder)
 
 
-def run_demo(*, virtual: bool = False, script: list[DemoLine] | None = None) -> DemoResult:
+def run_demo(*, virtual: bool = False, script: list[DemoLine] | None = None) -> SessionReport:
     """Run the demo conversation and return what happened."""
     coro = _converse(script or DEMO_SCRIPT)
     if virtual:
         return VirtualClock().run(coro)
     return asyncio.run(coro)
-
-
-def write_outputs(result: DemoResult, out: Path) -> list[Path]:
-    """Write the bot audio (WAV), the transcript (JSON), the events (JSON lines), the timeline."""
-    out.mkdir(parents=True, exist_ok=True)
-    wav = out / "bot.wav"
-    wav.write_bytes(wav_bytes(result.bot_pcm))
-    transcript = out / "transcript.json"
-    transcript.write_bytes(msgspec.json.format(msgspec.json.encode(result.turns)))
-    log = out / "events.jsonl"
-    codec = JsonCodec()
-    with log.open("wb") as f:
-        for ev in result.events:
-            if ev.kind != "audio.out":
-                f.write(codec.encode(ev) + b"\n")
-    timeline = write_html(result.timeline, out / "timeline.html", "RSPP demo call")
-    return [wav, transcript, log, timeline]

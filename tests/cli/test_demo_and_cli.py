@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from rspp.cli.main import main
-from rspp.demo import DEMO_SCRIPT, run_demo, write_outputs
+from rspp.demo import DEMO_SCRIPT, run_demo
+from rspp.report import write_outputs
 
 
 def test_the_demo_conversation_handles_backchannel_barge_in_and_speculation() -> None:
@@ -55,10 +56,12 @@ def test_demo_outputs(tmp_path: Path) -> None:
         seconds = wav.getnframes() / 16000
     heard_chars = sum(len(t.heard.strip()) for t in result.turns)
     assert seconds == pytest.approx(heard_chars * 0.060, rel=0.15)  # fake TTS: 60 ms per char
-    transcript = json.loads(paths[1].read_text())
+    with wave.open(str(paths[1])) as call:  # the whole call: user left, bot right
+        assert call.getnchannels() == 2 and call.getnframes() / 16000 > seconds
+    transcript = json.loads(paths[2].read_text())
     answered = [line.user for line in DEMO_SCRIPT if line.reply is not None]
     assert [t["user"] for t in transcript] == answered
-    kinds = {json.loads(line)["kind"] for line in paths[2].read_text().splitlines()}
+    kinds = {json.loads(line)["kind"] for line in paths[3].read_text().splitlines()}
     assert {
         "turn.speculate",
         "turn.confirm",
@@ -68,7 +71,7 @@ def test_demo_outputs(tmp_path: Path) -> None:
         "control.clear_buffer",
         "metrics",
     } <= kinds
-    page = paths[3].read_text()
+    page = paths[4].read_text()
     assert page.count("<svg") == len(answered)  # one drawing per exchange
     for user in answered:
         assert user.replace("'", "&#x27;") in page

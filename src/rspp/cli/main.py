@@ -1,8 +1,17 @@
-"""The ``rspp`` command line: ``rspp demo``, ``rspp validate SPEC``, ``rspp kinds``."""
+"""The ``rspp`` command line.
+
+``rspp demo``            a real voice agent, all models local, with a scripted caller
+``rspp demo --fake``     the same kind of call with the test kit's fake models
+``rspp demo --virtual``  the fake call in virtual time (instant)
+``rspp run SPEC --input FILE.wav``   any pipeline over a WAV file
+``rspp validate SPEC``   build a spec and print its plan or every problem in it
+``rspp kinds``           the event kinds of the ABI
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 
@@ -11,40 +20,36 @@ from rich.table import Table
 
 from rspp.events import known_kinds
 from rspp.kernel import BuildError, build, load_spec
+from rspp.report import SessionReport, write_outputs
 
 __all__ = ["main"]
 
 
-def _fmt(value: float | None, unit: str = "") -> str:
-    return "-" if value is None else f"{value:,.0f}{unit}"
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from rspp.demo import run_demo, write_outputs
-
+def _console() -> Console:
     console = Console()
     if not console.is_terminal:  # a log or a pipe: do not wrap the table at 80 columns
         console = Console(width=130)
-    mode = "virtual time" if args.virtual else "real time"
-    console.print(f"[bold]RSPP demo[/bold]: a scripted call through the kernel ({mode}).")
-    console.print(
-        "Models are the test kit's fakes with realistic latency profiles; the VAD and the\n"
-        "turn manager (end of turn, barge-in decisions, speculation) are real.\n"
-    )
-    with console.status("Talking to the bot..."):
-        result = run_demo(virtual=args.virtual)
+    return console
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _print_report(console: Console, result: SessionReport) -> None:
     for turn in result.turns:
         console.print(f"[cyan]user[/cyan]  {turn.user}")
         if turn.interrupted:
             console.print(f"[green]bot[/green]   {turn.heard.strip()} [red]<barge-in>[/red]")
-            console.print(f"      [dim](generated, never heard: {turn.reply[len(turn.heard) :]!r})")
+            unheard = turn.reply[len(turn.heard) :].strip()
+            if unheard:
+                console.print(f"      [dim](generated, never heard: {unheard!r})")
         else:
             console.print(f"[green]bot[/green]   {turn.reply.strip()}")
     table = Table(
         title="Per-turn latency in ms (EOT: end of turn decided; V2V: voice-to-voice; kernel: µs)"
     )
-    columns = ("turn", "VAD", "ASR", "EOT", "LLM TTFT", "TTS TTFA", "kernel µs", "V2V")
-    for column in columns:
+    for column in ("turn", "VAD", "ASR", "EOT", "LLM TTFT", "TTS TTFA", "kernel µs", "V2V"):
         table.add_column(column, justify="right")
     table.add_column("speculation")
     table.add_column("outcome")
@@ -76,9 +81,60 @@ def _demo(args: argparse.Namespace) -> int:
     drops = result.stats.dropped("fenced")
     errors = result.stats.errors.total()
     console.print(f"Events fenced after barge-in: {drops}; node errors: {errors}")
-    if args.out:
-        for path in write_outputs(result, Path(args.out)):
+
+
+def _write(console: Console, result: SessionReport, out: str | None, title: str) -> None:
+    if out:
+        for path in write_outputs(result, Path(out), title):
             console.print(f"wrote {path}")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    console = _console()
+    if args.fake or args.virtual:
+        from rspp.demo import run_demo
+
+        mode = "virtual time" if args.virtual else "real time"
+        console.print(f"[bold]RSPP demo[/bold] with fake models ({mode}).")
+        console.print(
+            "The models are the test kit's fakes with realistic latency profiles; the VAD and\n"
+            "the turn manager (end of turn, barge-in decisions, speculation) are real.\n"
+        )
+        with console.status("Talking to the bot..."):
+            result = run_demo(virtual=args.virtual)
+    else:
+        from rspp.agent import run_demo_call
+
+        console.print("[bold]RSPP demo[/bold]: a real voice agent, every model local, on the CPU.")
+        console.print(
+            "Silero VAD, PocketSphinx ASR, Gemma 3 270M (a small demo model: expect simple "
+            "answers),\nPiper TTS. A scripted caller plays recorded questions and interrupts "
+            "the second answer.\n"
+        )
+        with console.status("Loading models...") as status:
+            result = asyncio.run(run_demo_call(status=lambda s: status.update(s.capitalize())))
+    _print_report(console, result)
+    _write(console, result, args.out, "RSPP demo call")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rspp.agent import read_wav, run_file
+
+    console = _console()
+    try:
+        pipeline = build(load_spec(args.spec))
+    except BuildError as exc:
+        print(f"{args.spec}: {exc}", file=sys.stderr)
+        return 1
+    audio = read_wav(Path(args.input), pipeline.spec.audio.sample_rate)
+    console.print(f"[bold]rspp run[/bold] {args.spec} < {args.input} ({len(audio) / 32000:.1f} s)")
+    with console.status("Loading models...") as status:
+        result = asyncio.run(
+            run_file(pipeline, audio, status=lambda s: status.update(s.capitalize()))
+        )
+    _print_report(console, result)
+    _write(console, result, args.out, f"rspp run {args.spec}")
     return 0
 
 
@@ -104,12 +160,18 @@ def _kinds(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rspp", description=__doc__)
+    parser = argparse.ArgumentParser(prog="rspp", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the scripted demo conversation")
-    demo.add_argument("--virtual", action="store_true", help="run in virtual time (instant)")
-    demo.add_argument("--out", default="out/demo", help="folder for bot.wav and the transcript")
+    demo = sub.add_parser("demo", help="run the demo voice agent with a scripted caller")
+    demo.add_argument("--fake", action="store_true", help="fake models instead of real ones")
+    demo.add_argument("--virtual", action="store_true", help="fake models in virtual time")
+    demo.add_argument("--out", default="out/demo", help="folder for the call's files")
     demo.set_defaults(func=_demo)
+    run = sub.add_parser("run", help="run a pipeline spec over a WAV file")
+    run.add_argument("spec")
+    run.add_argument("--input", required=True, help="a 16-bit PCM WAV file")
+    run.add_argument("--out", default="out/run", help="folder for the call's files")
+    run.set_defaults(func=_run)
     validate = sub.add_parser("validate", help="build a pipeline spec and report problems")
     validate.add_argument("spec")
     validate.set_defaults(func=_validate)

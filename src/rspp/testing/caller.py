@@ -85,8 +85,14 @@ class ScriptedCaller:
                 await self._listen_for(utterance.barge_in_after_ms)  # nothing to talk over
             elif utterance.barge_in_after_ms is not None:
                 starts = self.sink.reply_starts
-                await self._listen_until(lambda n=expected, s=starts: len(s) >= n > 0, index)
-                speak_at = starts[expected - 1] + utterance.barge_in_after_ms * 1e6
+                # The reply started playing -- or ended without a sound (then there is
+                # nothing to talk over, and the caller just speaks after the delay).
+                await self._listen_until(
+                    lambda n=expected, s=starts: len(s) >= n or self.sink.replies_ended >= n,
+                    index,
+                )
+                began = starts[expected - 1] if len(starts) >= expected else self.session.now_ns()
+                speak_at = began + utterance.barge_in_after_ms * 1e6
                 await self._listen_until(lambda t=speak_at: self.session.now_ns() >= t, index)
             else:
                 await self._listen_until(lambda n=expected: self.sink.replies_ended >= n, index)
