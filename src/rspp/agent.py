@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-from rspp.events import AudioIn
+from rspp.events import AudioIn, Event
 from rspp.kernel import Pipeline, Session, build, load_spec
+from rspp.kernel.node import Node
 from rspp.kernel.turns import State
 from rspp.report import Recorder, SessionReport, report
 from rspp.testing import ScriptedCaller, Utterance
@@ -85,6 +86,16 @@ def local_pipeline(spec: Path | None = None) -> Pipeline:
     return build(load_spec(spec or LOCAL_SPEC))
 
 
+async def preload(pipeline: Pipeline, status: Status = lambda _: None) -> None:
+    """Load the models of every node, one at a time, saying which (off the event loop)."""
+    for plan in pipeline.nodes:
+        if plan.cls.preload.__func__ is not Node.preload.__func__:  # type: ignore[attr-defined]
+            status(f"loading {plan.name} ({plan.type_name})")
+            started = time.perf_counter()
+            await asyncio.to_thread(plan.cls.preload, plan.config)
+            status(f"loaded {plan.name} in {time.perf_counter() - started:.1f} s")
+
+
 async def run_demo_call(
     pipeline: Pipeline | None = None,
     script: list[DemoUtterance] | None = None,
@@ -94,8 +105,8 @@ async def run_demo_call(
     pipeline = pipeline or local_pipeline()
     script = script or demo_script()
     recorder = Recorder()
-    status("loading models")
     started = time.perf_counter()
+    await preload(pipeline, status)
     async with pipeline.session(
         "demo", sinks={"client": recorder.sink}, observers=[recorder]
     ) as session:
@@ -119,7 +130,7 @@ async def run_file(
     recorder = Recorder()
     rate = pipeline.spec.audio.sample_rate
     step = int(rate * frame_ms / 1000) * 2
-    status("loading models")
+    await preload(pipeline, status)
     async with pipeline.session(
         "run", sinks={"client": recorder.sink}, observers=[recorder]
     ) as session:
@@ -128,19 +139,32 @@ async def run_file(
         start = loop.time()
         padded = audio + bytes(-len(audio) % step)
         silence = bytes(step)
+        input_end = session.now_ns()
         total = len(padded) // step + int(tail_s * 1000 / frame_ms)
         for i in range(total):
             frame = padded[i * step : (i + 1) * step] if i * step < len(padded) else silence
             session.push(AudioIn(pcm=frame, sample_rate=rate))
             await asyncio.sleep(max(0.0, start + (i + 1) * frame_ms / 1000 - loop.time()))
-            if i * step >= len(padded) and _quiet(session, recorder):
+            if i * step >= len(padded) and _quiet(session, recorder, since_ns=input_end):
                 break  # the input is over and the bot has nothing more to say
+            if i * step < len(padded):
+                input_end = session.now_ns()
     return report(session, recorder)
 
 
-def _quiet(session: Session, recorder: Recorder) -> bool:
-    """No reply in progress and the last one ended a while ago."""
-    if session.turns.state is not State.LISTENING:
+def _quiet(session: Session, recorder: Recorder, since_ns: int, quiet_s: float = 3.0) -> bool:
+    """No reply in progress, and for ``quiet_s`` no input and no event (a VAD decision, a
+    transcript, a reply) came."""
+    if session.turns.state is not State.LISTENING or _user_turn_open(recorder.events):
         return False
-    records = recorder.sink.records
-    return not records or session.now_ns() - records[-1][0] > 2_000_000_000
+    return session.now_ns() - max(since_ns, recorder.last_activity_ns) > quiet_s * 1e9
+
+
+def _user_turn_open(events: list[Event]) -> bool:
+    """The user spoke and no reply to it has been committed yet (a transcript may be coming)."""
+    for event in reversed(events):
+        if event.kind in ("turn.commit", "turn.done", "turn.interrupted"):
+            return False
+        if event.kind in ("turn.start", "vad.speech_start"):
+            return True
+    return False

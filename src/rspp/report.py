@@ -11,6 +11,7 @@ the event log and the timeline page.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import wave
 from dataclasses import dataclass, field
@@ -60,10 +61,14 @@ class Recorder:
         self.events: list[Event] = []
         self.timeline = Timeline()
         self.sink = RecordingSink()
+        #: When the last event other than input audio was seen (session clock, ns).
+        self.last_activity_ns = 0
 
     def __call__(self, event: Event) -> None:
         self.events.append(event)
         self.timeline(event)
+        if event.kind != "audio.in":
+            self.last_activity_ns = round(asyncio.get_running_loop().time() * 1e9)
 
 
 def report(session: Session, recorder: Recorder) -> SessionReport:

@@ -1,11 +1,13 @@
 """The ``rspp`` command line.
 
 ``rspp demo``            a real voice agent, all models local, with a scripted caller
+``rspp demo --spec S``   the same call through another pipeline (e.g. local_streaming.toml)
 ``rspp demo --fake``     the same kind of call with the test kit's fake models
 ``rspp demo --virtual``  the fake call in virtual time (instant)
 ``rspp run SPEC --input FILE.wav``   any pipeline over a WAV file
 ``rspp validate SPEC``   build a spec and print its plan or every problem in it
 ``rspp kinds``           the event kinds of the ABI
+``rspp serve-audio``     a local OpenAI-compatible audio server (Whisper, Piper)
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
+from rich.status import Status
 from rich.table import Table
 
 from rspp.events import known_kinds
@@ -103,19 +107,38 @@ def _demo(args: argparse.Namespace) -> int:
         with console.status("Talking to the bot..."):
             result = run_demo(virtual=args.virtual)
     else:
-        from rspp.agent import run_demo_call
+        from rspp.agent import LOCAL_SPEC, local_pipeline, run_demo_call
 
+        try:
+            pipeline = local_pipeline(Path(args.spec) if args.spec else None)
+        except BuildError as exc:
+            print(f"{args.spec}: {exc}", file=sys.stderr)
+            return 1
         console.print("[bold]RSPP demo[/bold]: a real voice agent, every model local, on the CPU.")
+        console.print(f"Pipeline {args.spec or LOCAL_SPEC}:")
+        for plan in pipeline.nodes:
+            console.print(f"  {plan.name:<8} {plan.type_name}")
         console.print(
-            "Silero VAD, PocketSphinx ASR, Gemma 3 270M (a small demo model: expect simple "
-            "answers),\nPiper TTS. A scripted caller plays recorded questions and interrupts "
-            "the second answer.\n"
+            "The LLM is Gemma 3 270M, a small demo model: expect simple answers. A scripted\n"
+            "caller plays four recorded questions and interrupts the second answer.\n"
         )
         with console.status("Loading models...") as status:
-            result = asyncio.run(run_demo_call(status=lambda s: status.update(s.capitalize())))
+            result = asyncio.run(run_demo_call(pipeline, status=_progress(console, status)))
     _print_report(console, result)
     _write(console, result, args.out, "RSPP demo call")
     return 0
+
+
+def _progress(console: Console, status: Status) -> Callable[[str], None]:
+    """Model loading and call progress: finished steps as lines, the current one on the spinner."""
+
+    def update(message: str) -> None:
+        if message.startswith(("loaded", "models loaded")):
+            console.print(f"  {message}")
+        else:
+            status.update(message[:1].upper() + message[1:] + "...")
+
+    return update
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -130,9 +153,7 @@ def _run(args: argparse.Namespace) -> int:
     audio = read_wav(Path(args.input), pipeline.spec.audio.sample_rate)
     console.print(f"[bold]rspp run[/bold] {args.spec} < {args.input} ({len(audio) / 32000:.1f} s)")
     with console.status("Loading models...") as status:
-        result = asyncio.run(
-            run_file(pipeline, audio, status=lambda s: status.update(s.capitalize()))
-        )
+        result = asyncio.run(run_file(pipeline, audio, status=_progress(console, status)))
     _print_report(console, result)
     _write(console, result, args.out, f"rspp run {args.spec}")
     return 0
@@ -159,12 +180,22 @@ def _kinds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_audio(args: argparse.Namespace) -> int:
+    from rspp.serve.openai_audio import serve
+
+    serve(args.host, args.port, cpu_threads=args.threads)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rspp", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the demo voice agent with a scripted caller")
     demo.add_argument("--fake", action="store_true", help="fake models instead of real ones")
     demo.add_argument("--virtual", action="store_true", help="fake models in virtual time")
+    demo.add_argument(
+        "--spec", help="another pipeline spec for the call (default: rspp/pipelines/local.toml)"
+    )
     demo.add_argument("--out", default="out/demo", help="folder for the call's files")
     demo.set_defaults(func=_demo)
     run = sub.add_parser("run", help="run a pipeline spec over a WAV file")
@@ -177,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     validate.set_defaults(func=_validate)
     kinds = sub.add_parser("kinds", help="list the event kinds of this ABI")
     kinds.set_defaults(func=_kinds)
+    serve_audio = sub.add_parser(
+        "serve-audio", help="serve Whisper and Piper over the OpenAI audio API"
+    )
+    serve_audio.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve_audio.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve_audio.add_argument("--threads", type=int, default=2, help="CPU threads for Whisper")
+    serve_audio.set_defaults(func=_serve_audio)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -180,6 +180,14 @@ class Node(Generic[C]):
     def close(self) -> None:
         """The session ended (every task of it is done): release what the node holds."""
 
+    @classmethod
+    def preload(cls, config: Any) -> None:
+        """Load what every session of this type shares (a model) before the first session.
+
+        Optional: constructing the node loads it anyway, but a host calls this
+        (blocking: from a thread) to show progress and to keep the first call fast.
+        """
+
     def snapshot(self) -> Any:
         """The node's resumable state, msgpack-encodable. None if stateless."""
         return None

@@ -40,6 +40,10 @@ class PocketsphinxAsr(Node[PocketsphinxConfig]):
     produces: ClassVar[tuple[str, ...]] = ("asr.partial", "asr.final")
     Config = PocketsphinxConfig
 
+    @classmethod
+    def preload(cls, config: PocketsphinxConfig) -> None:
+        SphinxStream(config.sample_rate).close()  # one decoder, left in the pool
+
     def __init__(self, config: PocketsphinxConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
         self._sphinx = SphinxStream(config.sample_rate)

@@ -37,6 +37,10 @@ class WhisperAsr(Node[WhisperConfig]):
     produces: ClassVar[tuple[str, ...]] = ("asr.final",)
     Config = WhisperConfig
 
+    @classmethod
+    def preload(cls, config: WhisperConfig) -> None:
+        WhisperTranscriber(config.cpu_threads, config.beam_size)
+
     def __init__(self, config: WhisperConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
         self._whisper = WhisperTranscriber(config.cpu_threads, config.beam_size)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 from msgspec import Meta
@@ -39,8 +40,9 @@ class LlamaLlmConfig(NodeConfig):
     n_threads: Annotated[int, Meta(ge=1, le=64)] = 2
     #: Fixed sampling seed (reproducible replies); None: random.
     seed: int | None = None
-    #: How many earlier messages of the conversation go into the prompt.
-    history_messages: Annotated[int, Meta(ge=0)] = 8
+    #: How many earlier messages of the conversation go into the prompt. Two (the last
+    #: exchange) by default: a model this small copies longer histories instead of answering.
+    history_messages: Annotated[int, Meta(ge=0)] = 2
 
 
 class LlamaLlm(Node[LlamaLlmConfig]):
@@ -53,15 +55,24 @@ class LlamaLlm(Node[LlamaLlmConfig]):
 
     def __init__(self, config: LlamaLlmConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
-        from pathlib import Path
+        self.model = self._model(config)
 
+    @staticmethod
+    def _model(config: LlamaLlmConfig) -> LlamaModel:
         path = Path(config.model_path) if config.model_path else None
-        self.model = LlamaModel(path, n_ctx=config.n_ctx, n_threads=config.n_threads)
+        return LlamaModel(path, n_ctx=config.n_ctx, n_threads=config.n_threads)
+
+    @classmethod
+    def preload(cls, config: LlamaLlmConfig) -> None:
+        # Also evaluates the prompt's fixed head (system line and examples) once, so the
+        # first reply of the process does not pay for it (llama.cpp reuses the prefix).
+        cls._model(config).warm_up(few_shot_prompt([], "hello", system=config.system))
 
     async def stream(self, event: Event) -> AsyncIterator[Event]:
         assert isinstance(event, (TurnCommit, TurnSpeculate))
         cfg = self.config
-        history = self.ctx.conversation.history(before=event.turn)[-cfg.history_messages :]
+        keep = cfg.history_messages
+        history = self.ctx.conversation.history(before=event.turn)[-keep:] if keep else []
         prompt = few_shot_prompt([(m.role, m.text) for m in history], event.text, system=cfg.system)
         loop = asyncio.get_running_loop()
         tokens: asyncio.Queue[object] = asyncio.Queue()

@@ -38,6 +38,10 @@ class SileroVad(SegmentingVad):
         silero_session()  # load (once per process) when the session starts, not mid-call
         self._stream: SileroStream | None = None
 
+    @classmethod
+    def preload(cls, config: Any) -> None:
+        silero_session()
+
     async def stream(self, event: Event) -> AsyncIterator[Event]:
         assert isinstance(event, AudioIn)
         if self._stream is None or self._stream.sample_rate != event.sample_rate:

@@ -26,6 +26,10 @@ class EspeakTtsNode(ChunkedTts):
 
     Config: ClassVar[type[EspeakTtsConfig]] = EspeakTtsConfig
 
+    @classmethod
+    def preload(cls, config: EspeakTtsConfig) -> None:
+        EspeakTts(config.voice, config.words_per_minute)
+
     def __init__(self, config: EspeakTtsConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
         self.engine = EspeakTts(config.voice, config.words_per_minute)

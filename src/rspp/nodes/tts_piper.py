@@ -32,6 +32,10 @@ class PiperTtsNode(ChunkedTts):
 
     Config: ClassVar[type[PiperTtsConfig]] = PiperTtsConfig
 
+    @classmethod
+    def preload(cls, config: PiperTtsConfig) -> None:
+        PiperTts()
+
     def __init__(self, config: PiperTtsConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
         self.voice = PiperTts()

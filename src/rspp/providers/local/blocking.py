@@ -11,14 +11,37 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
-__all__ = ["run_blocking", "start_blocking"]
+__all__ = ["load_once", "run_blocking", "start_blocking"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+class load_once(Generic[T]):
+    """``functools.cache`` for model loaders, safe when sessions start at the same time.
+
+    A first call in progress makes concurrent callers with the same arguments
+    wait for its result instead of loading the model a second time (or, for a
+    file being assembled, writing it twice).
+    """
+
+    def __init__(self, load: Callable[..., T]) -> None:
+        self._cached = functools.cache(load)
+        self._lock = threading.Lock()
+        functools.update_wrapper(self, load)
+
+    def __call__(self, *args: Hashable) -> T:
+        with self._lock:
+            return self._cached(*args)
+
+    def cache_info(self) -> Any:
+        """As ``functools.cache``'s: ``misses`` counts the loads."""
+        return self._cached.cache_info()
 
 
 @functools.cache

@@ -8,12 +8,12 @@ library, so synthesis is serialized by a lock.
 from __future__ import annotations
 
 import ctypes
-import functools
 import threading
 from pathlib import Path
 from typing import Any
 
 from rspp.providers.local.assets import MissingModel
+from rspp.providers.local.blocking import load_once
 
 __all__ = ["EspeakTts"]
 
@@ -26,7 +26,7 @@ _CALLBACK = ctypes.CFUNCTYPE(
 )
 
 
-@functools.cache
+@load_once
 def _engine() -> tuple[Any, int, threading.Lock]:
     try:
         import espeakng_loader

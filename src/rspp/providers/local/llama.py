@@ -13,13 +13,14 @@ cancelled reply stops within one token and frees the model for the next.
 
 from __future__ import annotations
 
-import functools
+import atexit
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from rspp.providers.local.assets import gemma_gguf
+from rspp.providers.local.blocking import load_once
 
 __all__ = ["DEFAULT_EXAMPLES", "DEFAULT_SYSTEM", "STOP", "LlamaModel", "few_shot_prompt"]
 
@@ -33,6 +34,15 @@ DEFAULT_EXAMPLES: list[tuple[str, str]] = [
     (
         "what's a good dessert to cook tonight",
         "You could make a simple apple crumble. It takes about forty minutes.",
+    ),
+    (
+        "tell me about rome",
+        "Rome is the capital of Italy. It is famous for the Colosseum, old churches and great "
+        "food.",
+    ),
+    (
+        "what is the weather like in madrid in summer",
+        "Summers in Madrid are hot and dry, often above thirty degrees.",
     ),
     (
         "how far is the moon",
@@ -67,11 +77,13 @@ def few_shot_prompt(
     return "\n".join(lines)
 
 
-@functools.cache
+@load_once
 def _load(path: Path, n_ctx: int, n_threads: int) -> tuple[Any, threading.Lock]:
     from llama_cpp import Llama
 
     model = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+    # Freed before the interpreter tears down the modules its destructor needs.
+    atexit.register(model.close)
     return model, threading.Lock()
 
 
@@ -81,6 +93,11 @@ class LlamaModel:
     def __init__(self, path: Path | None = None, *, n_ctx: int = 2048, n_threads: int = 2) -> None:
         self.path = Path(path) if path is not None else gemma_gguf()
         self._model, self._lock = _load(self.path, n_ctx, n_threads)
+
+    def warm_up(self, prompt: str) -> None:
+        """Evaluate ``prompt`` (blocking): a later prompt that starts the same way skips it."""
+        with self._lock:
+            self._model.create_completion(prompt, max_tokens=1, temperature=0.0)
 
     def generate(
         self,
@@ -93,34 +110,42 @@ class LlamaModel:
         top_p: float = 0.9,
         stop: Sequence[str] = STOP,
         seed: int | None = None,
+        empty_retries: int = 2,
     ) -> str:
         """Generate (blocking), calling ``on_text`` per token; stops early when ``cancel`` is set.
 
-        Returns the finish reason: "stop", "length" or "cancelled".
+        A model this small sometimes ends its line at once; such an empty reply is
+        sampled again (up to ``empty_retries`` times, the seed moved on) rather than
+        leaving the user with silence. Returns the finish reason: "stop", "length"
+        or "cancelled".
         """
         with self._lock:
-            if cancel.is_set():
-                return "cancelled"
-            pieces = self._model.create_completion(
-                prompt,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                stop=list(stop),
-                stream=True,
-                seed=seed,
-            )
-            reason = "stop"
-            try:
-                for piece in pieces:
-                    if cancel.is_set():
-                        return "cancelled"
-                    choice = piece["choices"][0]
-                    if choice["text"]:
-                        on_text(choice["text"])
-                    reason = choice.get("finish_reason") or reason
-            finally:
-                close = getattr(pieces, "close", None)
-                if close is not None:
-                    close()  # ends the generation inside llama.cpp
+            for attempt in range(empty_retries + 1):
+                if cancel.is_set():
+                    return "cancelled"
+                pieces = self._model.create_completion(
+                    prompt,
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    top_p=top_p,
+                    stop=list(stop),
+                    stream=True,
+                    seed=None if seed is None else seed + attempt,
+                )
+                reason, said = "stop", False
+                try:
+                    for piece in pieces:
+                        if cancel.is_set():
+                            return "cancelled"
+                        choice = piece["choices"][0]
+                        if choice["text"]:
+                            said = said or bool(choice["text"].strip())
+                            on_text(choice["text"])
+                        reason = choice.get("finish_reason") or reason
+                finally:
+                    close = getattr(pieces, "close", None)
+                    if close is not None:
+                        close()  # ends the generation inside llama.cpp
+                if said:
+                    break
             return str(reason)

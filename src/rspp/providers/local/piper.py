@@ -8,7 +8,6 @@ plays (16 kHz by default).
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from rspp.providers.local.assets import piper_voice
+from rspp.providers.local.blocking import load_once
 
 __all__ = ["PiperTts", "resample_pcm16"]
 
@@ -32,7 +32,7 @@ def resample_pcm16(pcm: bytes, rate_in: int, rate_out: int) -> bytes:
     return bytes((np.clip(out, -1.0, 1.0) * 32767.0).astype("<i2").tobytes())
 
 
-@functools.cache
+@load_once
 def _load(model: Path, config: Path) -> tuple[Any, threading.Lock]:
     from piper import PiperVoice
 

@@ -9,17 +9,17 @@ its own state in a :class:`SileroStream`.
 
 from __future__ import annotations
 
-import functools
 import threading
 
 import numpy as np
 
 from rspp.providers.local.assets import silero_vad_onnx
+from rspp.providers.local.blocking import load_once
 
 __all__ = ["SileroStream", "silero_session"]
 
 
-@functools.cache
+@load_once
 def silero_session() -> object:
     """The process-wide onnxruntime session for Silero VAD."""
     import onnxruntime as ort

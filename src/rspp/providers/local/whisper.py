@@ -6,17 +6,17 @@ process; CTranslate2 runs requests from several threads safely.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
 
 from rspp.providers.local.assets import whisper_tiny_en
+from rspp.providers.local.blocking import load_once
 
 __all__ = ["WhisperTranscriber"]
 
 
-@functools.cache
+@load_once
 def _model(cpu_threads: int) -> Any:
     from faster_whisper import WhisperModel
 
