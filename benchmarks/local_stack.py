@@ -12,18 +12,23 @@ WebRTC VAD and PocketSphinx, an utterance for Whisper, a clause for the TTSs,
 time to first token and tokens/s for Gemma.
 
 Part 2, the demo conversation (four questions, a barge-in into the second
-reply) through the local pipeline (``rspp/pipelines/local.toml``) in real
-time, in the three modes of ``benchmarks/latency.py``:
+reply) in real time through the two embedded pipelines, in the modes of
+``benchmarks/latency.py`` that apply:
 
-* **sequential** -- no speculation; the TTS gets the whole reply (``chunking = "full"``);
-* **streaming** -- no speculation; Piper starts on the first clause;
-* **speculative** -- the shipped spec: the reply starts on the partial transcript
-  when the user pauses, held back until the end of the turn confirms it.
+* ``local.toml`` (the default: Whisper tiny.en, which gives no partial
+  transcripts, so no speculation) -- **sequential** (the TTS gets the whole
+  reply, ``chunking = "full"``) and **streaming** (Piper starts on the first
+  clause; the shipped configuration);
+* ``local_streaming.toml`` (PocketSphinx, streaming partials) -- sequential,
+  streaming, and **speculative** (the shipped configuration: the reply starts
+  on the partial transcript when the user pauses, held back until the end of
+  the turn confirms it).
 
 Voice-to-voice (V2V) is the time from the end of the user's speech (by the
 recording's clock) to the first bot audio sent to the client. The final JSON
-line's ``v2v_ms_*`` are the speculative mode's (the shipped configuration);
-``peak_rss_mb`` is the process's peak resident memory with every model loaded.
+line's ``v2v_ms_*`` are the default pipeline's shipped configuration (local,
+streaming); ``peak_rss_mb`` is the process's peak resident memory with every
+model loaded.
 """
 
 from __future__ import annotations
@@ -61,11 +66,16 @@ REPLIES = [
     "It will be sunny tomorrow, with a light breeze in the afternoon.",
     "You are welcome. Have a lovely day!",
 ]
-MODES: dict[str, dict[str, dict[str, Any]]] = {
-    "sequential": {"turns": {"speculate": False}, "tts": {"chunking": "full"}},
-    "streaming": {"turns": {"speculate": False}},
-    "speculative": {},
+_SEQUENTIAL = {"turns": {"speculate": False}, "tts": {"chunking": "full"}}
+#: (pipeline, mode) -> config changes to the packaged spec.
+RUNS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
+    ("local", "sequential"): _SEQUENTIAL,
+    ("local", "streaming"): {},
+    ("local_streaming", "sequential"): _SEQUENTIAL,
+    ("local_streaming", "streaming"): {"turns": {"speculate": False}},
+    ("local_streaming", "speculative"): {},
 }
+HEADLINE = ("local", "streaming")
 
 
 def ms(seconds: float) -> float:
@@ -231,9 +241,9 @@ def components() -> tuple[dict[str, float], dict[str, Any]]:
 # --------------------------------------------------------------------------- part 2
 
 
-def mode_spec(mode: str) -> PipelineSpec:
-    spec = load_spec(LOCAL_SPEC)
-    changes = MODES[mode]
+def mode_spec(run: tuple[str, str]) -> PipelineSpec:
+    spec = load_spec(LOCAL_SPEC.with_name(f"{run[0]}.toml"))
+    changes = RUNS[run]
     nodes = [
         msgspec.structs.replace(n, config={**n.config, **changes.get(n.name, {})})
         for n in spec.nodes
@@ -241,7 +251,7 @@ def mode_spec(mode: str) -> PipelineSpec:
     return msgspec.structs.replace(spec, nodes=nodes)
 
 
-def conversation(mode: str, runs: int) -> dict[str, Any]:
+def conversation(mode: tuple[str, str], runs: int) -> dict[str, Any]:
     pipeline = build(mode_spec(mode))
     latencies: list[TurnLatency] = []
     hits = attempts = 0
@@ -288,7 +298,8 @@ def _row(name: str, r: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description="the embedded local stack, part by part")
     parser.add_argument("--runs", type=int, default=2, help="demo calls per mode")
-    parser.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES))
+    names = [f"{spec}/{mode}" for spec, mode in RUNS]
+    parser.add_argument("--modes", nargs="*", default=names, choices=names)
     args = parser.parse_args()
 
     print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}")
@@ -305,19 +316,20 @@ def main() -> None:
             print(_row(name, r))
 
     modes: dict[str, Any] = {}
-    for mode in args.modes:
-        print(f"demo call, {mode} mode, {args.runs} run(s) in real time...", flush=True)
-        modes[mode] = conversation(mode, args.runs)
-    print("mode          turns  V2V p50  V2V p95   EOT  LLM TTFT  TTS TTFA")
-    for mode, r in modes.items():
+    for name in args.modes:
+        spec, mode = name.split("/")
+        print(f"demo call, {name}, {args.runs} run(s) in real time...", flush=True)
+        modes[name] = conversation((spec, mode), args.runs)
+    print("pipeline/mode                 turns  V2V p50  V2V p95   EOT  LLM TTFT  TTS TTFA")
+    for name, r in modes.items():
         st = r["stages_ms_p50"]
         print(
-            f"{mode:<12} {r['turns']:>6} {r['v2v_ms_p50']:>8.0f} {r['v2v_ms_p95']:>8.0f} "
+            f"{name:<28} {r['turns']:>6} {r['v2v_ms_p50']:>8.0f} {r['v2v_ms_p95']:>8.0f} "
             f"{st['endpoint_ms'] or 0:>5.0f} {st['llm_ttft_ms'] or 0:>9.0f} "
             f"{st['tts_ttfa_ms'] or 0:>9.0f}"
         )
 
-    headline = modes.get("speculative") or next(iter(modes.values()))
+    headline = modes.get("/".join(HEADLINE)) or next(iter(modes.values()))
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         json.dumps(

@@ -9,16 +9,20 @@ into the second reply 0.7 s after its audio starts. The streaming variant
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import wave
+from pathlib import Path
 
 import pytest
 
-from rspp.agent import demo_script, local_pipeline, run_demo_call, run_file
+from rspp.agent import LOCAL_SPEC, demo_script, local_pipeline, run_demo_call, run_file
+from rspp.cli.main import main
 from rspp.events import AudioOut, Error, TurnInterrupted
 from rspp.providers.local import llama, piper, silero
 from rspp.report import SessionReport, write_outputs
 
-from .audio import level_db, recording, wer
+from .audio import ASSETS, level_db, recording, transcript, wer
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +62,7 @@ def test_the_barge_in_stops_the_bot_and_truncates_the_context(call: SessionRepor
     assert 300 <= cut.latency.delivered_ms <= 3000  # cut ~0.7 s in (+ the caller's own delay)
 
 
-def test_the_outputs_are_written(call: SessionReport, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_outputs_are_written(call: SessionReport, tmp_path: Path) -> None:
     paths = {p.name for p in write_outputs(call, tmp_path)}
     assert {"bot.wav", "call.wav", "transcript.json", "timeline.html"} <= paths
 
@@ -94,3 +98,26 @@ def test_two_sessions_at_once_share_the_models() -> None:
         assert result.stats.errors.total() == 0
     # Inference runs in the model thread pool: the loop never stalled for long.
     assert worst_lag < 0.25, f"the event loop stalled for {worst_lag * 1000:.0f} ms"
+
+
+def test_the_streaming_pipeline_speculates_on_partials() -> None:
+    """local_streaming.toml: PocketSphinx partials, replies prepared while the user pauses."""
+    result = asyncio.run(
+        run_demo_call(local_pipeline(LOCAL_SPEC.with_name("local_streaming.toml")))
+    )
+    assert result.stats.errors.total() == 0
+    assert len(result.turns) == len(demo_script())
+    assert all(t.reply.strip() for t in result.turns)
+    assert [t.interrupted for t in result.turns] == [False, True, False, False]
+    assert result.speculation.attempts >= 1 and result.speculation.hits >= 1
+
+
+def test_rspp_run_plays_a_wav_through_a_spec(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    wav = ASSETS / "hello.wav"
+    assert main(["run", str(LOCAL_SPEC), "--input", str(wav), "--out", str(out)]) == 0
+    turns = json.loads((out / "transcript.json").read_text())
+    assert len(turns) == 1 and turns[0]["reply"].strip()
+    assert wer([transcript("hello")], [turns[0]["user"]]) <= 0.15
+    with wave.open(str(out / "call.wav")) as call:
+        assert call.getnchannels() == 2 and call.getnframes() > 0
