@@ -18,16 +18,15 @@ transcribed as usual. The connection pool lives as long as the session
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, ClassVar
 
 from msgspec import Meta
 
-from rspp.events import AsrFinal, AudioIn, Event, VadSpeechEnd, VadSpeechStart
+from rspp.events import AsrFinal, Event
 from rspp.kernel.node import Node, NodeConfig
-from rspp.nodes.utterance import UtteranceAudio
-from rspp.providers.openai.http import RetryPolicy
+from rspp.nodes.utterance import SegmentAudio
+from rspp.providers.openai.http import RetryPolicy, keep_open
 from rspp.providers.openai.speech import TranscriptionClient, TranscriptionTimeouts
 
 __all__ = ["OpenAiAsr", "OpenAiAsrConfig"]
@@ -76,45 +75,22 @@ class OpenAiAsr(Node[OpenAiAsrConfig]):
                 connect_s=config.connect_timeout_ms / 1000,
                 response_s=config.response_timeout_ms / 1000,
             ),
-            retry=RetryPolicy(
-                max_retries=config.max_retries,
-                backoff_s=config.retry_backoff_ms / 1000,
-                backoff_max_s=max(2.0, config.retry_backoff_ms / 1000),
-                retry_after_max_s=config.retry_after_max_ms / 1000,
+            retry=RetryPolicy.from_ms(
+                config.max_retries, config.retry_backoff_ms, config.retry_after_max_ms
             ),
         )
-        self._audio = UtteranceAudio(config.preroll_ms)
-        self._frames: list[bytes] = []
-        self._bytes = 0
-        self._rate = 16000
+        self._segment = SegmentAudio(config.preroll_ms, config.max_utterance_s)
 
     async def stream(self, event: Event) -> AsyncIterator[Event]:
-        if isinstance(event, AudioIn):
-            self._rate = event.sample_rate
-            if self._audio.heard(event):
-                self._keep(event.pcm)
-        elif isinstance(event, VadSpeechStart):
-            self._frames, self._bytes = [], 0
-            for frame in self._audio.start(event.origin_ns):
-                self._keep(frame.pcm)
-        elif isinstance(event, VadSpeechEnd) and self._audio.active:
-            self._audio.end()
-            pcm, self._frames, self._bytes = b"".join(self._frames), [], 0
-            if len(pcm) < self._rate // 5:  # under 0.1 s: nothing to recognise (servers refuse it)
-                yield AsrFinal(text="")
-            else:
-                yield AsrFinal(text=await self.client.transcribe(pcm, self._rate))
-
-    def _keep(self, pcm: bytes) -> None:
-        self._frames.append(pcm)
-        self._bytes += len(pcm)
-        limit = int(self.config.max_utterance_s * self._rate) * 2
-        while self._bytes > limit and len(self._frames) > 1:
-            self._bytes -= len(self._frames.pop(0))
+        pcm = self._segment.feed(event)
+        if pcm is None:
+            return
+        rate = self._segment.rate
+        if len(pcm) < rate // 5:  # under 0.1 s: nothing to recognise (servers refuse it)
+            yield AsrFinal(text="")
+        else:
+            yield AsrFinal(text=await self.client.transcribe(pcm, rate))
 
     async def run(self) -> None:
         """Own the connection pool for the session's life; close it when the session closes."""
-        try:
-            await asyncio.get_running_loop().create_future()
-        finally:
-            await self.client.aclose()
+        await keep_open(self.client)

@@ -13,9 +13,9 @@ from typing import Annotated, Any, ClassVar
 
 from msgspec import Meta
 
-from rspp.events import AsrFinal, AudioIn, Event, VadSpeechEnd, VadSpeechStart
+from rspp.events import AsrFinal, Event
 from rspp.kernel.node import Node, NodeConfig
-from rspp.nodes.utterance import UtteranceAudio
+from rspp.nodes.utterance import SegmentAudio
 from rspp.providers.local.blocking import run_blocking
 from rspp.providers.local.whisper import WhisperTranscriber
 
@@ -44,28 +44,10 @@ class WhisperAsr(Node[WhisperConfig]):
     def __init__(self, config: WhisperConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
         self._whisper = WhisperTranscriber(config.cpu_threads, config.beam_size)
-        self._audio = UtteranceAudio(config.preroll_ms)
-        self._frames: list[bytes] = []
-        self._bytes = 0
-        self._rate = 16000
+        self._segment = SegmentAudio(config.preroll_ms, config.max_utterance_s)
 
     async def stream(self, event: Event) -> AsyncIterator[Event]:
-        if isinstance(event, AudioIn):
-            self._rate = event.sample_rate
-            if self._audio.heard(event):
-                self._keep(event.pcm)
-        elif isinstance(event, VadSpeechStart):
-            self._frames, self._bytes = [], 0
-            for frame in self._audio.start(event.origin_ns):
-                self._keep(frame.pcm)
-        elif isinstance(event, VadSpeechEnd) and self._audio.active:
-            self._audio.end()
-            pcm, self._frames, self._bytes = b"".join(self._frames), [], 0
-            yield AsrFinal(text=await run_blocking(self._whisper.transcribe, pcm, self._rate))
-
-    def _keep(self, pcm: bytes) -> None:
-        self._frames.append(pcm)
-        self._bytes += len(pcm)
-        limit = int(self.config.max_utterance_s * self._rate) * 2
-        while self._bytes > limit and len(self._frames) > 1:
-            self._bytes -= len(self._frames.pop(0))
+        pcm = self._segment.feed(event)
+        if pcm is not None:
+            rate = self._segment.rate
+            yield AsrFinal(text=await run_blocking(self._whisper.transcribe, pcm, rate))

@@ -24,7 +24,6 @@ variable fails the session at start.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, ClassVar
 
@@ -34,6 +33,7 @@ from rspp.events import Event, LlmDelta, LlmDone, TurnCommit, TurnSpeculate
 from rspp.kernel.node import Node, NodeConfig
 from rspp.providers.errors import ProviderError
 from rspp.providers.openai.chat import ChatClient, RetryPolicy, Timeouts
+from rspp.providers.openai.http import keep_open
 
 __all__ = ["DEFAULT_SYSTEM", "OpenAiLlm", "OpenAiLlmConfig"]
 
@@ -90,11 +90,8 @@ class OpenAiLlm(Node[OpenAiLlmConfig]):
                 first_token_s=config.first_token_timeout_ms / 1000,
                 token_s=config.token_timeout_ms / 1000,
             ),
-            retry=RetryPolicy(
-                max_retries=config.max_retries,
-                backoff_s=config.retry_backoff_ms / 1000,
-                backoff_max_s=max(2.0, config.retry_backoff_ms / 1000),
-                retry_after_max_s=config.retry_after_max_ms / 1000,
+            retry=RetryPolicy.from_ms(
+                config.max_retries, config.retry_backoff_ms, config.retry_after_max_ms
             ),
         )
 
@@ -128,7 +125,4 @@ class OpenAiLlm(Node[OpenAiLlmConfig]):
 
     async def run(self) -> None:
         """Own the connection pool for the session's life; close it when the session closes."""
-        try:
-            await asyncio.get_running_loop().create_future()
-        finally:
-            await self.client.aclose()
+        await keep_open(self.client)

@@ -26,7 +26,6 @@ key comes from the environment variable named by ``api_key_env``.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, ClassVar
@@ -36,7 +35,7 @@ from msgspec import Meta
 from rspp.events import Event, LlmDone, TtsAudio, TtsDone
 from rspp.nodes.tts_base import ChunkedTts, TtsConfig
 from rspp.providers.errors import ProviderError
-from rspp.providers.openai.http import RetryPolicy
+from rspp.providers.openai.http import RetryPolicy, keep_open
 from rspp.providers.openai.speech import SpeechClient, SpeechTimeouts
 
 __all__ = ["OpenAiTts", "OpenAiTtsConfig", "WordPacer"]
@@ -128,11 +127,8 @@ class OpenAiTts(ChunkedTts):
                 first_byte_s=config.first_byte_timeout_ms / 1000,
                 chunk_s=config.chunk_timeout_ms / 1000,
             ),
-            retry=RetryPolicy(
-                max_retries=config.max_retries,
-                backoff_s=config.retry_backoff_ms / 1000,
-                backoff_max_s=max(2.0, config.retry_backoff_ms / 1000),
-                retry_after_max_s=config.retry_after_max_ms / 1000,
+            retry=RetryPolicy.from_ms(
+                config.max_retries, config.retry_backoff_ms, config.retry_after_max_ms
             ),
         )
         #: The speaking rate, learned from the pieces heard (ns of audio per character).
@@ -183,7 +179,4 @@ class OpenAiTts(ChunkedTts):
 
     async def run(self) -> None:
         """Own the connection pool for the session's life; close it when the session closes."""
-        try:
-            await asyncio.get_running_loop().create_future()
-        finally:
-            await self.client.aclose()
+        await keep_open(self.client)

@@ -4,16 +4,17 @@ Audio reaches an ASR node straight from the ingress, while the VAD's
 ``vad.speech_start`` comes after it has heard ``start_ms`` of voice (and after
 its own queue). So the node keeps a short *pre-roll* of recent audio, and when
 speech starts it replays the part from just before the speech's origin time:
-the first syllable is not lost.
+the first syllable is not lost. :class:`SegmentAudio` builds on it for ASRs
+that transcribe each speech segment whole.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
-from rspp.events import AudioIn
+from rspp.events import AudioIn, Event, VadSpeechEnd, VadSpeechStart
 
-__all__ = ["UtteranceAudio"]
+__all__ = ["SegmentAudio", "UtteranceAudio"]
 
 
 class UtteranceAudio:
@@ -49,3 +50,43 @@ class UtteranceAudio:
 
     def end(self) -> None:
         self.active = False
+
+
+class SegmentAudio:
+    """The PCM16 of each VAD speech segment, pre-roll included, for ASRs that are not streaming.
+
+    The oldest audio of a segment longer than ``max_s`` is dropped, so memory
+    stays bounded. ``rate`` is the sample rate of the audio heard last.
+    """
+
+    __slots__ = ("_bytes", "_frames", "_utterance", "max_s", "rate")
+
+    def __init__(self, preroll_ms: float, max_s: float) -> None:
+        self._utterance = UtteranceAudio(preroll_ms)
+        self.max_s = max_s
+        self.rate = 16000
+        self._frames: list[bytes] = []
+        self._bytes = 0
+
+    def feed(self, event: Event) -> bytes | None:
+        """Take an audio frame or a VAD event; at a segment's end, return its audio."""
+        if isinstance(event, AudioIn):
+            self.rate = event.sample_rate
+            if self._utterance.heard(event):
+                self._keep(event.pcm)
+        elif isinstance(event, VadSpeechStart):
+            self._frames, self._bytes = [], 0
+            for frame in self._utterance.start(event.origin_ns):
+                self._keep(frame.pcm)
+        elif isinstance(event, VadSpeechEnd) and self._utterance.active:
+            self._utterance.end()
+            pcm, self._frames, self._bytes = b"".join(self._frames), [], 0
+            return pcm
+        return None
+
+    def _keep(self, pcm: bytes) -> None:
+        self._frames.append(pcm)
+        self._bytes += len(pcm)
+        limit = int(self.max_s * self.rate) * 2
+        while self._bytes > limit and len(self._frames) > 1:
+            self._bytes -= len(self._frames.pop(0))

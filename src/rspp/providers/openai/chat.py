@@ -42,24 +42,20 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import httpx
 import msgspec
 
-from rspp.providers.errors import (
-    ProviderConnectError,
-    ProviderError,
-    ProviderStreamError,
-    ProviderTimeout,
-)
+from rspp.providers.errors import ProviderConnectError, ProviderError, ProviderStreamError
 from rspp.providers.openai.http import (
     ApiClient,
+    ResponseStream,
     RetryPolicy,
     describe_error,
     describe_exc,
-    retry_delay,
+    retrying,
+    timed,
 )
 from rspp.providers.openai.sse import LineSplitter, SseDecoder, SseEvent
 
@@ -129,16 +125,13 @@ class ChatClient(ApiClient):
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.timeouts = timeouts or Timeouts()
-        self.retry = retry or RetryPolicy()
-        t = self.timeouts
         super().__init__(
             base_url,
             model=model,
             api_key_env=api_key_env,
             # Reads are timed per token by ChatStream (keep-alive pings must not count).
-            timeout=httpx.Timeout(
-                connect=t.connect_s, read=None, write=t.connect_s, pool=t.connect_s
-            ),
+            connect_s=self.timeouts.connect_s,
+            retry=retry,
             headers={
                 "accept": "text/event-stream",
                 "content-type": "application/json",
@@ -177,7 +170,7 @@ class ChatClient(ApiClient):
         return ChatStream(self, msgspec.json.encode(body))
 
 
-class ChatStream:
+class ChatStream(ResponseStream[str]):
     """One streamed reply: iterate it for text deltas; close it to stop the server generating.
 
     After the iteration: ``finish_reason`` (``"stop"``, ``"length"``, ... or None
@@ -186,9 +179,9 @@ class ChatStream:
     """
 
     def __init__(self, client: ChatClient, body: bytes) -> None:
+        super().__init__()
         self._client = client
         self._body = body
-        self.attempts = 0
         self.malformed = 0
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
@@ -196,9 +189,6 @@ class ChatStream:
         self.started = False
         self._sent = False
         self._done = False  # [DONE] seen
-        self._closed = False
-        self._response: httpx.Response | None = None
-        self._lines: AsyncGenerator[str, None] | None = None
         self._decoder = SseDecoder()
 
     # -- the iterator ---------------------------------------------------------------------
@@ -230,120 +220,48 @@ class ChatStream:
         """Close the HTTP response (and so the connection, if the reply was not finished)."""
         if self._closed:
             return
-        self._closed = True
-        lines, response = self._lines, self._response
-        self._lines = self._response = None
-        try:
-            if lines is not None:
-                await lines.aclose()
-        finally:
-            if response is not None:
-                await response.aclose()
+        await super().aclose()
         if self.malformed:
             log.warning("%s: skipped %d malformed SSE lines", self._client.base_url, self.malformed)
-
-    async def __aenter__(self) -> ChatStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # -- phase 1: up to the first token, with retries ----------------------------------------
 
     async def _first_text(self) -> str | None:
         client = self._client
-        limit = client.timeouts.first_token_s
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + limit
-        scope = asyncio.timeout(limit)
-        try:
-            async with scope:
-                while True:
-                    self.attempts += 1
-                    try:
-                        await self._send()
-                        return await self._read_text()
-                    except ProviderError as exc:
-                        exc.attempts = self.attempts
-                        delay = self._retry_delay(exc)
-                        if delay is None or loop.time() + delay >= deadline:
-                            raise
-                        await self._release()
-                        log.warning(
-                            "%s: %s; retry %d of %d in %.2f s",
-                            client.base_url,
-                            exc,
-                            self.attempts,
-                            client.retry.max_retries,
-                            delay,
-                        )
-                        await asyncio.sleep(delay)
-        except TimeoutError:
-            if not scope.expired():
-                raise
-            raise ProviderTimeout(
-                f"no first token from {client.base_url} within {limit:g} s",
-                phase="first_token",
-                timeout_s=limit,
-                attempts=self.attempts,
-            ) from None
+        return await retrying(
+            self._attempt,
+            client.retry,
+            limit_s=client.timeouts.first_token_s,
+            where=client.base_url,
+            what="first token",
+            phase="first_token",
+            cleanup=self._release,
+        )
 
-    def _retry_delay(self, exc: ProviderError) -> float | None:
-        """How long to wait before retrying after ``exc``; None: do not retry."""
-        return retry_delay(self._client.retry, self.attempts, exc)
-
-    async def _send(self) -> None:
-        """Send the request; keep the response open if it is a stream, raise if it is an error."""
-        client = self._client
-        http = client._http
-        request = http.build_request("POST", "chat/completions", content=self._body)
-        try:
-            response = await http.send(request, stream=True)
-        except httpx.TransportError as exc:
-            raise ProviderConnectError(
-                f"cannot reach {client.base_url}: {describe_exc(exc)}"
-            ) from exc
-        if response.status_code != 200:
-            raise await client.status_error(response)
-        self._response = response
-        self._lines = _sse_lines(response)
+    async def _attempt(self, attempt: int) -> str | None:
+        """Send the request and read up to the first text (None: an empty reply)."""
+        self.attempts = attempt
+        response = await self._client.post("chat/completions", content=self._body)
+        self._open(response, _sse_lines(response))
         self._decoder = SseDecoder()
-
-    async def _release(self) -> None:
-        """Close a failed attempt's response before the next attempt."""
-        lines, response = self._lines, self._response
-        self._lines = self._response = None
-        if lines is not None:
-            await lines.aclose()
-        if response is not None:
-            await response.aclose()
+        return await self._read_text()
 
     # -- phase 2: the rest of the reply, never retried ---------------------------------------
 
     async def _next_text(self) -> str | None:
-        limit = self._client.timeouts.token_s
-        scope = asyncio.timeout(limit)
-        try:
-            async with scope:
-                return await self._read_text()
-        except TimeoutError:
-            if not scope.expired():
-                raise
-            raise ProviderTimeout(
-                f"no token from {self._client.base_url} for {limit:g} s in the middle of a reply",
-                phase="next_token",
-                timeout_s=limit,
-                attempts=self.attempts,
-            ) from None
+        return await timed(
+            self._read_text(),
+            self._client.timeouts.token_s,
+            where=self._client.base_url,
+            what="token",
+            during="a reply",
+            phase="next_token",
+            attempts=self.attempts,
+        )
 
     async def _read_text(self) -> str | None:
         """Read events up to the next piece of text; None at the end of the reply."""
-        lines = self._lines
+        lines = self._parts
         if lines is None:
             return None
         decoder = self._decoder
@@ -417,7 +335,7 @@ class ChatStream:
 
     async def _drain(self) -> None:
         """Read the end of the body after ``[DONE]`` so the connection can be reused."""
-        lines = self._lines
+        lines = self._parts
         if lines is None:
             return
         try:

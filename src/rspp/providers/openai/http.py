@@ -3,8 +3,10 @@
 The chat, transcription and speech clients differ in what they send and how
 they read the answer; they share how they connect (:class:`ApiClient`: base
 URL, API key, connection pool, redaction), when a failed request is worth
-another try (:class:`RetryPolicy`, :func:`retry_delay`), and how an error
-answer is turned into a message a person can act on (:func:`error_message`).
+another try (:class:`RetryPolicy`, :func:`retrying`), how long a stream may
+pause (:func:`timed`), how a streamed answer is closed (:class:`ResponseStream`),
+and how an error answer is turned into a message a person can act on
+(:func:`error_message`).
 
 The API key comes from the environment variable named by ``api_key_env`` and
 is sent as ``Authorization: Bearer``. It never appears in a ``repr``, a log
@@ -20,10 +22,10 @@ import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import httpx
 import msgspec
@@ -40,20 +42,25 @@ __all__ = [
     "ERROR_BODY_MAX",
     "RETRY_STATUS",
     "ApiClient",
+    "Closing",
+    "ResponseStream",
     "RetryPolicy",
     "api_key",
     "describe_error",
     "describe_exc",
     "error_message",
+    "keep_open",
     "read_capped",
     "retry_after",
     "retry_delay",
     "retrying",
+    "timed",
 ]
 
 log = logging.getLogger("rspp.providers.openai")
 
 T = TypeVar("T")
+P = TypeVar("P")
 
 #: Statuses worth another try before any output (plus every 5xx).
 RETRY_STATUS = frozenset({408, 409, 429})
@@ -76,6 +83,18 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.max_retries < 0 or self.backoff_s < 0 or self.backoff_max_s < 0:
             raise ValueError("RetryPolicy values must be >= 0")
+
+    @classmethod
+    def from_ms(cls, max_retries: int, backoff_ms: float, retry_after_max_ms: float) -> Self:
+        """The policy of a node's config (milliseconds); backoff is capped at 2 s, or the
+        first backoff if that is longer."""
+        backoff_s = backoff_ms / 1000
+        return cls(
+            max_retries=max_retries,
+            backoff_s=backoff_s,
+            backoff_max_s=max(2.0, backoff_s),
+            retry_after_max_s=retry_after_max_ms / 1000,
+        )
 
     def backoff(self, retry: int) -> float:
         """The wait before retry number ``retry`` (1-based): exponential, half of it jittered."""
@@ -158,6 +177,36 @@ async def retrying(
         ) from None
 
 
+async def timed(
+    step: Awaitable[T],
+    limit_s: float,
+    *,
+    where: str,
+    what: str,
+    during: str,
+    phase: str,
+    attempts: int,
+) -> T:
+    """``await step`` within ``limit_s``, else a :class:`ProviderTimeout` (``phase``).
+
+    For the phase after the first output, which is never retried: a stream
+    that pauses that long in the middle of ``during`` is given up.
+    """
+    scope = asyncio.timeout(limit_s)
+    try:
+        async with scope:
+            return await step
+    except TimeoutError:
+        if not scope.expired():
+            raise
+        raise ProviderTimeout(
+            f"no {what} from {where} for {limit_s:g} s in the middle of {during}",
+            phase=phase,
+            timeout_s=limit_s,
+            attempts=attempts,
+        ) from None
+
+
 def api_key(api_key_env: str | None) -> str | None:
     """The API key in the environment variable ``api_key_env`` (None: no key wanted)."""
     if not api_key_env:
@@ -170,13 +219,41 @@ def api_key(api_key_env: str | None) -> str | None:
     return key
 
 
-class ApiClient:
+class Closing:
+    """Closed by :meth:`aclose` when its ``async with`` ends, however it ends."""
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+async def keep_open(client: Closing) -> None:
+    """Wait until cancelled, then close ``client``: the ``run()`` of a node that owns a
+    connection pool for the session's life."""
+    try:
+        await asyncio.get_running_loop().create_future()
+    finally:
+        await client.aclose()
+
+
+class ApiClient(Closing):
     """A connection pool to one OpenAI-compatible server, with its key kept secret.
 
-    ``timeout`` applies to each step of a request (connect, write, pool; reads
-    too unless None): subclasses time what they read themselves. ``headers``
-    are sent with every request; send per-request ``content-type`` headers
-    (a default one would override the multipart boundary of an upload).
+    ``connect_s`` bounds each step of a request but reads (connect, write,
+    pool): subclasses time what they read themselves. ``retry`` is their
+    policy before any output. ``headers`` are sent with every request; send
+    per-request ``content-type`` headers (a default one would override the
+    multipart boundary of an upload).
     Use it as ``async with`` (or call :meth:`aclose`) so that its connections close.
     """
 
@@ -186,13 +263,16 @@ class ApiClient:
         *,
         model: str = "",
         api_key_env: str | None = None,
-        timeout: httpx.Timeout,
+        connect_s: float,
+        retry: RetryPolicy | None = None,
         headers: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key_env = api_key_env
+        self.retry = retry or RetryPolicy()
+        timeout = httpx.Timeout(connect=connect_s, read=None, write=connect_s, pool=connect_s)
         self._key = api_key(api_key_env)
         all_headers = {"user-agent": "rspp", **(headers or {})}
         if self._key:
@@ -212,6 +292,20 @@ class ApiClient:
         """``text`` with the API key masked (for messages that echo what was sent)."""
         return text.replace(self._key, "***") if self._key else text
 
+    async def post(self, path: str, **request: Any) -> httpx.Response:
+        """POST to ``path`` (``request``: :meth:`httpx.AsyncClient.build_request`'s arguments);
+        the open, streamed response if it is a 200, else the error in the server's words."""
+        http = self._http
+        try:
+            response = await http.send(http.build_request("POST", path, **request), stream=True)
+        except httpx.TransportError as exc:
+            raise ProviderConnectError(
+                f"cannot reach {self.base_url}: {describe_exc(exc)}"
+            ) from exc
+        if response.status_code != 200:
+            raise await self.status_error(response)
+        return response
+
     async def status_error(self, response: httpx.Response) -> ProviderStatusError:
         """The error for a non-2xx ``response`` (which this closes), in the server's words."""
         try:
@@ -230,16 +324,44 @@ class ApiClient:
         """Close every pooled connection."""
         await self._http.aclose()
 
-    async def __aenter__(self) -> Self:
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+class ResponseStream(Closing, Generic[P]):
+    """The open response of a streamed answer, read as parts (SSE lines, audio bytes).
+
+    Closing it -- ``aclose()``, its ``async with``, or a ``CancelledError`` that
+    the subclass turns into ``aclose()`` -- closes the response at once; one
+    closed before its end cannot go back to the pool, so its connection closes
+    and the server learns to stop. ``attempts`` counts the requests sent.
+    """
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        self._closed = False
+        self._response: httpx.Response | None = None
+        self._parts: AsyncGenerator[P, None] | None = None
+
+    def _open(self, response: httpx.Response, parts: AsyncGenerator[P, None]) -> None:
+        """Read ``parts`` of ``response`` from now on."""
+        self._response = response
+        self._parts = parts
+
+    async def _release(self) -> None:
+        """Close the response of the attempt in progress (a failed one, or the last)."""
+        parts, response = self._parts, self._response
+        self._parts = self._response = None
+        try:
+            if parts is not None:
+                await parts.aclose()
+        finally:
+            if response is not None:
+                await response.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP response (and so the connection, if the answer was not finished)."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._release()
 
 
 async def read_capped(response: httpx.Response, limit: int = ERROR_BODY_MAX) -> bytes:

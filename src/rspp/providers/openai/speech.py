@@ -34,30 +34,26 @@ from the environment variable named by ``api_key_env`` and never appears in a
 
 from __future__ import annotations
 
-import asyncio
 import io
 import wave
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import httpx
 import msgspec
 import numpy as np
 
-from rspp.providers.errors import (
-    ProviderConnectError,
-    ProviderStreamError,
-    ProviderTimeout,
-)
+from rspp.providers.errors import ProviderConnectError, ProviderStreamError
 from rspp.providers.openai.http import (
     ApiClient,
+    ResponseStream,
     RetryPolicy,
     describe_exc,
     error_message,
     read_capped,
     retrying,
+    timed,
 )
 
 __all__ = [
@@ -186,16 +182,14 @@ class TranscriptionClient(ApiClient):
     ) -> None:
         self.language = language
         self.prompt = prompt
-        self.timeouts = t = timeouts or TranscriptionTimeouts()
-        self.retry = retry or RetryPolicy()
+        self.timeouts = timeouts or TranscriptionTimeouts()
         super().__init__(
             base_url,
             model=model,
             api_key_env=api_key_env,
             # The answer is bounded by the whole call's deadline (``response_s``).
-            timeout=httpx.Timeout(
-                connect=t.connect_s, read=None, write=t.connect_s, pool=t.connect_s
-            ),
+            connect_s=self.timeouts.connect_s,
+            retry=retry,
             headers={"accept": "application/json", **(headers or {})},
             transport=transport,
         )
@@ -231,21 +225,9 @@ class TranscriptionClient(ApiClient):
         )
 
     async def _post(self, wav: bytes, fields: dict[str, str]) -> str:
-        http = self._http
-        request = http.build_request(
-            "POST",
-            "audio/transcriptions",
-            data=fields,
-            files={"file": ("audio.wav", wav, "audio/wav")},
+        response = await self.post(
+            "audio/transcriptions", data=fields, files={"file": ("audio.wav", wav, "audio/wav")}
         )
-        try:
-            response = await http.send(request, stream=True)
-        except httpx.TransportError as exc:
-            raise ProviderConnectError(
-                f"cannot reach {self.base_url}: {describe_exc(exc)}"
-            ) from exc
-        if response.status_code != 200:
-            raise await self.status_error(response)
         try:
             body = await read_capped(response, _ANSWER_MAX)
         except httpx.TransportError as exc:
@@ -292,16 +274,14 @@ class SpeechClient(ApiClient):
         self.voice = voice
         self.speed = speed
         self.source_rate = source_rate
-        self.timeouts = t = timeouts or SpeechTimeouts()
-        self.retry = retry or RetryPolicy()
+        self.timeouts = timeouts or SpeechTimeouts()
         super().__init__(
             base_url,
             model=model,
             api_key_env=api_key_env,
             # Reads are timed per chunk by SpeechStream.
-            timeout=httpx.Timeout(
-                connect=t.connect_s, read=None, write=t.connect_s, pool=t.connect_s
-            ),
+            connect_s=self.timeouts.connect_s,
+            retry=retry,
             headers={"accept": "audio/pcm, application/octet-stream, */*", **(headers or {})},
             transport=transport,
         )
@@ -331,7 +311,7 @@ class SpeechClient(ApiClient):
         return SpeechStream(self, msgspec.json.encode(body), Pcm16Resampler(self.source_rate, rate))
 
 
-class SpeechStream:
+class SpeechStream(ResponseStream[bytes]):
     """One synthesis: iterate it for PCM16 chunks; close it to stop the server.
 
     After the iteration: ``attempts`` (requests sent) and ``received`` (bytes
@@ -339,17 +319,14 @@ class SpeechStream:
     """
 
     def __init__(self, client: SpeechClient, body: bytes, resampler: Pcm16Resampler) -> None:
+        super().__init__()
         self._client = client
         self._body = body
         self._resampler = resampler
         self.sample_rate = resampler.rate_out
-        self.attempts = 0
         self.received = 0
         self._sent = False
         self._ended = False
-        self._closed = False
-        self._response: httpx.Response | None = None
-        self._chunks: AsyncGenerator[bytes, None] | None = None
 
     def __aiter__(self) -> SpeechStream:
         return self
@@ -375,35 +352,6 @@ class SpeechStream:
         await self.aclose()
         raise StopAsyncIteration
 
-    async def aclose(self) -> None:
-        """Close the HTTP response (and so the connection, if the audio was not finished)."""
-        if self._closed:
-            return
-        self._closed = True
-        await self._release()
-
-    async def __aenter__(self) -> SpeechStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def _release(self) -> None:
-        """Close the response of the attempt in progress (a failed one, or the last)."""
-        chunks, response = self._chunks, self._response
-        self._chunks = self._response = None
-        try:
-            if chunks is not None:
-                await chunks.aclose()
-        finally:
-            if response is not None:
-                await response.aclose()
-
     # -- up to the first audio byte, with retries --------------------------------------------
 
     async def _first_bytes(self) -> bytes | None:
@@ -422,21 +370,9 @@ class SpeechStream:
         """Send the request and read up to the first audio bytes (None: an empty answer)."""
         self.attempts = attempt
         client = self._client
-        http = client._http
-        request = http.build_request(
-            "POST",
-            "audio/speech",
-            content=self._body,
-            headers={"content-type": "application/json"},
+        response = await client.post(
+            "audio/speech", content=self._body, headers={"content-type": "application/json"}
         )
-        try:
-            response = await http.send(request, stream=True)
-        except httpx.TransportError as exc:
-            raise ProviderConnectError(
-                f"cannot reach {client.base_url}: {describe_exc(exc)}"
-            ) from exc
-        if response.status_code != 200:
-            raise await client.status_error(response)
         kind = response.headers.get("content-type", "")
         if kind.startswith(("application/json", "text/")):  # an error that says 200
             try:
@@ -450,8 +386,7 @@ class SpeechStream:
                 f"{client.redact(error_message(body))}",
                 attempts=attempt,
             )
-        self._response = response
-        self._chunks = response.aiter_bytes()  # type: ignore[assignment]
+        self._open(response, response.aiter_bytes())  # type: ignore[arg-type]
         try:
             return await self._read()
         except ProviderStreamError as exc:  # nothing was heard yet: worth another try
@@ -460,24 +395,19 @@ class SpeechStream:
     # -- the rest of the audio, never retried ------------------------------------------------
 
     async def _next_bytes(self) -> bytes | None:
-        limit = self._client.timeouts.chunk_s
-        scope = asyncio.timeout(limit)
-        try:
-            async with scope:
-                return await self._read()
-        except TimeoutError:
-            if not scope.expired():
-                raise
-            raise ProviderTimeout(
-                f"no audio from {self._client.base_url} for {limit:g} s in the middle of speech",
-                phase="next_chunk",
-                timeout_s=limit,
-                attempts=self.attempts,
-            ) from None
+        return await timed(
+            self._read(),
+            self._client.timeouts.chunk_s,
+            where=self._client.base_url,
+            what="audio",
+            during="speech",
+            phase="next_chunk",
+            attempts=self.attempts,
+        )
 
     async def _read(self) -> bytes | None:
         """The next non-empty bytes of the body; None at its end."""
-        chunks = self._chunks
+        chunks = self._parts
         if chunks is None:
             return None
         try:
