@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-from rspp.events import AudioIn, Event
+from rspp.events import AudioIn
 from rspp.kernel import Pipeline, Session, build, load_spec
 from rspp.kernel.node import Node
 from rspp.kernel.turns import State
@@ -155,16 +155,6 @@ async def run_file(
 def _quiet(session: Session, recorder: Recorder, since_ns: int, quiet_s: float = 3.0) -> bool:
     """No reply in progress, and for ``quiet_s`` no input and no event (a VAD decision, a
     transcript, a reply) came."""
-    if session.turns.state is not State.LISTENING or _user_turn_open(recorder.events):
+    if session.turns.state is not State.LISTENING or recorder.user_turn_open:
         return False
     return session.now_ns() - max(since_ns, recorder.last_activity_ns) > quiet_s * 1e9
-
-
-def _user_turn_open(events: list[Event]) -> bool:
-    """The user spoke and no reply to it has been committed yet (a transcript may be coming)."""
-    for event in reversed(events):
-        if event.kind in ("turn.commit", "turn.done", "turn.interrupted"):
-            return False
-        if event.kind in ("turn.start", "vad.speech_start"):
-            return True
-    return False

@@ -63,12 +63,19 @@ class Recorder:
         self.sink = RecordingSink()
         #: When the last event other than input audio was seen (session clock, ns).
         self.last_activity_ns = 0
+        #: The user spoke and no reply to it has been committed yet (a transcript may come).
+        self.user_turn_open = False
 
     def __call__(self, event: Event) -> None:
         self.events.append(event)
         self.timeline(event)
-        if event.kind != "audio.in":
+        kind = event.kind
+        if kind != "audio.in":
             self.last_activity_ns = round(asyncio.get_running_loop().time() * 1e9)
+            if kind in ("turn.commit", "turn.done", "turn.interrupted"):
+                self.user_turn_open = False
+            elif kind in ("turn.start", "vad.speech_start"):
+                self.user_turn_open = True
 
 
 def report(session: Session, recorder: Recorder) -> SessionReport:
