@@ -66,8 +66,9 @@ PIPECAT_VERSION = "1.14.0"
 
 @register
 class Tick(Event, tag="bench.tick", kw_only=True):
-    """The benchmark's event: a registered application kind."""
+    """The benchmark's event: a registered application kind (input, not reply output)."""
 
+    fenced: ClassVar[bool] = False
     n: int = 0
 
 

@@ -902,43 +902,64 @@ def test_a_user_turn_after_the_reply_ended_starts_fresh() -> None:
     assert call.manager.reply == 2
 
 
+def _moved(call: Call, **policy: Any) -> Call:
+    """A new Call whose manager is restored from ``call``'s snapshot, through the wire."""
+    wire = msgspec.msgpack.encode(call.manager.snapshot())
+    other = Call(**policy)
+    other.manager.restore(msgspec.msgpack.decode(wire, type=ManagerSnapshot))
+    other.now, other.next_turn = call.now, call.next_turn
+    return other
+
+
 def test_snapshot_and_restore_between_turns() -> None:
     call = bot_speaking()
     snap = call.manager.snapshot()
-    assert snap == ManagerSnapshot(user="idle", bot="speaking", reply=1, segments=[])
-    wire = msgspec.msgpack.encode(snap)
-    other = TurnManager(TurnPolicy())
-    other.restore(msgspec.msgpack.decode(wire, type=ManagerSnapshot))
-    assert (other.user, other.bot, other.reply) == (User.IDLE, Bot.SPEAKING, 1)
-    assert other.reply_ended(1) == []
-    assert other.bot is Bot.SILENT
+    assert (snap.user, snap.bot, snap.reply, snap.segments) == ("idle", "speaking", 1, [])
+    other = _moved(call)
+    assert other.manager.snapshot() == snap
+    assert (other.manager.user, other.manager.bot, other.manager.reply) == (
+        User.IDLE,
+        Bot.SPEAKING,
+        1,
+    )
+    assert other.reply_ended(3000, 1) == []
+    assert other.manager.bot is Bot.SILENT
 
 
-def test_a_user_turn_in_progress_is_not_moved_by_a_snapshot() -> None:
-    call = Call()
+def test_a_user_turn_in_progress_moves_with_a_snapshot() -> None:
+    policy: dict[str, Any] = {"speculate": True}
+    call = Call(**policy)
     call.start(0)
     call.end(300)
+    call.partial(320, "I want", "I")
     call.final(350, "I want")
-    call.start(500)
+    call.start(500)  # the user goes on: the speculation is discarded, a segment is pending
+    call.partial(700, "a table", "a")
     snap = call.manager.snapshot()
-    assert snap == ManagerSnapshot(user="speaking", bot="silent", reply=0, segments=["I want"])
-    other = TurnManager(TurnPolicy())
-    other.restore(snap)
-    # Snapshots are for quiet points: a half-said turn starts afresh rather than hang
-    # without its timers and pending finals.
-    assert other.user is User.IDLE and other.bot is Bot.SILENT
-    assert other.snapshot() == ManagerSnapshot(user="idle", bot="silent", reply=0, segments=[])
+    assert snap.user == "speaking" and snap.segments == ["I want"] and len(snap.pending) == 1
+    other = _moved(call, **policy)
+    assert other.manager.snapshot() == snap
+    # Both go on with the same observations and decide the same things at the same times.
+    for c in (call, other):
+        c.end(900)
+        c.final(950, "a table")
+        c.settle()
+    assert other.log == call.since(900)
+    assert [type(e) for _, e in other.log][-1] in (Commit, Confirm)
 
 
-def test_restoring_a_holding_bot_lets_it_go_on_speaking() -> None:
+def test_a_holding_bot_moves_with_its_undecided_barge_in() -> None:
     call = bot_speaking()
     call.start(2000)
     snap = call.manager.snapshot()
-    assert snap.bot == "holding"
-    other = TurnManager(TurnPolicy())
-    other.restore(snap)
-    assert other.bot is Bot.SPEAKING
-    assert other.reply == 1
+    assert snap.bot == "holding" and snap.paused and snap.deadline is not None
+    other = _moved(call)
+    assert other.manager.bot is Bot.HOLDING and other.manager.reply == 1
+    for c in (call, other):
+        c.partial(2400, "wait stop that")
+        c.settle()
+    assert other.log == call.since(2000.001)
+    assert any(isinstance(e, Interrupt) for _, e in other.log)
 
 
 # -- properties -----------------------------------------------------------------------------
@@ -1136,3 +1157,48 @@ def test_random_conversations_keep_the_invariants(
     assert m.user is User.IDLE, f"the user's turn hangs in {m.user}"
     assert m.bot is not Bot.HOLDING, "a barge-in was never decided"
     assert not invariants.paused
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    policy=policies,
+    segs=st.lists(segments, min_size=1, max_size=5),
+    ends=st.lists(st.tuples(st.integers(0, 9000), st.integers(0, 3)), max_size=3),
+    cut=st.floats(0.0, 1.0),
+)
+def test_a_manager_restored_at_any_point_decides_exactly_like_the_original(
+    policy: dict[str, Any],
+    segs: list[dict[str, Any]],
+    ends: list[tuple[int, int]],
+    cut: float,
+) -> None:
+    observations = timeline(segs, ends)
+    split = round(cut * len(observations))
+    call = Call(**policy)
+    for at, observation in observations[:split]:
+        _play(call, at, observation)
+    moved = _moved(call, **policy)
+    before = len(call.log)
+    for c in (call, moved):
+        for at, observation in observations[split:]:
+            _play(c, at, observation)
+        c.settle()
+    assert moved.log == call.log[before:]
+    assert moved.manager.snapshot() == call.manager.snapshot()
+
+
+def _play(call: Call, at: int, observation: Observation) -> None:
+    kind, a, b = observation
+    m = call.manager
+    if kind == "start":
+        call.start(at)
+    elif kind == "partial":
+        call.partial(at, a, b)
+    elif kind == "end":
+        call.end(at, ended=a)
+    elif kind == "final":
+        call.final(at, a)
+    else:
+        call.until(at)
+        speculation = m.speculation[0] if m.speculation else 0
+        call.reply_ended(at, [m.reply, speculation, call.next_turn - 1, 0][a])

@@ -25,6 +25,7 @@ from rspp.events import (
     LlmDone,
     Metrics,
     Pause,
+    PlaybackPosition,
     Resume,
     SessionEnd,
     SessionStart,
@@ -41,7 +42,7 @@ from rspp.events import (
     known_kinds,
 )
 
-HEADER_FIELDS = ("session", "turn", "seq", "origin_ns")
+HEADER_FIELDS = ("session", "turn", "seq", "origin_ns", "inc", "pos")
 
 #: The integer range MessagePack can carry (int64 and uint64).
 WIRE_INTS = st.integers(min_value=-(2**63), max_value=2**64 - 1)
@@ -53,7 +54,14 @@ PCM = st.binary(max_size=1024)
 
 
 def _header() -> dict[str, st.SearchStrategy[Any]]:
-    return {"session": TEXT, "turn": HEADER_INTS, "seq": HEADER_INTS, "origin_ns": HEADER_INTS}
+    return {
+        "session": TEXT,
+        "turn": HEADER_INTS,
+        "seq": HEADER_INTS,
+        "origin_ns": HEADER_INTS,
+        "inc": HEADER_INTS,
+        "pos": HEADER_INTS,
+    }
 
 
 def _kind(cls: type[Event], **fields: st.SearchStrategy[Any]) -> st.SearchStrategy[Event]:
@@ -100,6 +108,9 @@ EVENT_STRATEGIES: dict[str, st.SearchStrategy[Event]] = {
     "control.clear_buffer": _kind(ClearBuffer),
     "control.cancel": _kind(Cancel, reason=TEXT),
     "control.pause": _kind(Pause, reason=TEXT),
+    "playback.position": _kind(
+        PlaybackPosition, played_ms=st.floats(min_value=0, allow_nan=False, allow_infinity=False)
+    ),
     "control.resume": _kind(Resume, reason=TEXT),
     "session.start": _kind(SessionStart, abi=TEXT, pipeline=TEXT),
     "session.end": _kind(SessionEnd, reason=TEXT),
@@ -138,7 +149,7 @@ def field_values(*, with_bytes: bool) -> st.SearchStrategy[Any]:
 def unknown_messages(draw: st.DrawFn, *, with_bytes: bool) -> dict[str, Any]:
     """A wire map of an unregistered kind, fields in the standard order.
 
-    The order is ``kind``, the four header fields, then the kind's own fields.
+    The order is ``kind``, the six header fields, then the kind's own fields.
     """
     message: dict[str, Any] = {"kind": draw(unknown_kind_names())}
     for name, strategy in _header().items():

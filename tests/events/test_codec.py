@@ -31,8 +31,10 @@ HEADER = {
     "turn": 2**32 + 7,  # past 32 bits: no silent truncation
     "seq": 123_456,
     "origin_ns": 1_732_000_000_123_456_789,
+    "inc": 3,
+    "pos": 99,
 }
-WIRE_ORDER = ["kind", "session", "turn", "seq", "origin_ns"]
+WIRE_ORDER = ["kind", "session", "turn", "seq", "origin_ns", "inc", "pos"]
 CODECS = [MsgpackCodec, JsonCodec]
 PCM_20MS = bytes(range(256)) * 2 + bytes(range(128))  # 640 bytes, every byte value
 
@@ -126,7 +128,7 @@ def test_every_kind_round_trips_with_header_and_fields(
 
     raw = _raw(codec, data)
     assert raw["kind"] == name
-    assert list(raw)[:5] == WIRE_ORDER
+    assert list(raw)[:7] == WIRE_ORDER
     for header_name, value in HEADER.items():
         assert raw[header_name] == value
 
@@ -260,8 +262,8 @@ def test_unknown_kind_in_another_order_keeps_its_content(codec: MsgpackCodec | J
     assert ev.fields == {"zeta": 1, "alpha": "a"}
     again = _raw(codec, codec.encode(ev))
     # Same content; header fields that were absent come back as their zero defaults.
-    assert again == {**message, "turn": 0, "origin_ns": 0}
-    assert list(again)[:5] == WIRE_ORDER
+    assert again == {**message, "turn": 0, "origin_ns": 0, "inc": 0, "pos": 0}
+    assert list(again)[:7] == WIRE_ORDER
 
 
 def test_unknown_kind_without_header_gets_defaults(codec: MsgpackCodec | JsonCodec) -> None:
@@ -296,6 +298,8 @@ def test_unknown_event_built_in_code_encodes_flat(codec: MsgpackCodec | JsonCode
         "turn": 2,
         "seq": 0,
         "origin_ns": 0,
+        "inc": 0,
+        "pos": 0,
         "v": [1, 2],
     }
     assert "fields" not in raw

@@ -209,7 +209,7 @@ def test_json_and_msgpack_carry_the_same_event(ev: Event) -> None:
 @given(EVENTS)
 def test_msgpack_wire_has_header_first_and_bytes_as_bin(ev: Event) -> None:
     raw = msgspec.msgpack.decode(MSGPACK.encode(ev))
-    assert list(raw)[:5] == ["kind", "session", "turn", "seq", "origin_ns"]
+    assert list(raw)[:7] == ["kind", "session", "turn", "seq", "origin_ns", "inc", "pos"]
     assert raw["kind"] == ev.kind
     if "pcm" in raw:
         assert type(raw["pcm"]) is bytes
@@ -222,13 +222,15 @@ def _check_unknown_round_trip(codec: MsgpackCodec | JsonCodec, message: dict[str
     ev = codec.decode(data)
     assert type(ev) is UnknownEvent
     assert ev.kind == message["kind"]
-    assert (ev.session, ev.turn, ev.seq, ev.origin_ns) == (
+    assert (ev.session, ev.turn, ev.seq, ev.origin_ns, ev.inc, ev.pos) == (
         message["session"],
         message["turn"],
         message["seq"],
         message["origin_ns"],
+        message["inc"],
+        message["pos"],
     )
-    header = {"kind", "session", "turn", "seq", "origin_ns"}
+    header = {"kind", "session", "turn", "seq", "origin_ns", "inc", "pos"}
     assert ev.fields == {k: v for k, v in message.items() if k not in header}
     # Fields in the standard order: re-encoding is byte-identical.
     assert codec.encode(ev) == data

@@ -115,7 +115,9 @@ def test_an_interrupt_with_nothing_playing_is_ignored() -> None:
             await asyncio.sleep(0.1)
             kinds = [ev.kind for ev in sink.events if ev.kind.startswith(("turn.", "control."))]
             assert kinds == ["control.interrupt", "turn.done", "control.interrupt"]
-            assert session.fence == 0
+            # Reply 1 is over (played out), so it is fenced; nothing was interrupted.
+            assert session.fence == 1
+            assert session.stats.replies == {"played": 1}
 
     run_virtual(main())
 

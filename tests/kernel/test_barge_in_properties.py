@@ -138,6 +138,7 @@ def test_cancellation_first_consistency(
                 await asyncio.sleep(wait)
             await asyncio.sleep(30.0)  # let every surviving reply finish playing
             final_fence = session.fence
+            assert final_fence == session.turns.epoch - 1  # every reply is over, so fenced
             llm, tts = session.node("llm"), session.node("tts")
             assert session.stats.errors.total() == 0
         assert all(t.done() for t in session.tasks)
@@ -186,4 +187,4 @@ def test_cancellation_first_consistency(
     # 4. Client-side ordering.
     seqs = [ev.seq for _, ev in sink.records]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-    assert final_fence == max((w for _, w in live_fences), default=0)
+    assert final_fence >= max((w for _, w in live_fences), default=0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from rspp.kernel.delivery import Delivered, DeliveryLedger
-from rspp.kernel.latency import LatencyTracker, SpeculationStats, TurnLatency
+from rspp.kernel.delivery import Delivered, DeliveryLedger, LedgerEntry
+from rspp.kernel.latency import LatencySnapshot, LatencyTracker, SpeculationStats, TurnLatency
 
 MS = 1_000_000  # ns
 
@@ -20,25 +20,26 @@ def test_ledger_sums_durations_and_concatenates_texts_per_turn() -> None:
     ledger.delivered(1, 20 * MS, "")
     ledger.delivered(1, 15 * MS, "lo.")
     one = ledger.record(1)
-    assert one == Delivered(1, 55 * MS, "Hello.")
+    # Without playback reports, heard is everything sent.
+    assert one == Delivered(1, 55 * MS, "Hello.", 55 * MS, played=False)
     assert one.delivered_ms == pytest.approx(55.0)
-    assert ledger.record(2) == Delivered(2, 20 * MS, "Other")
+    assert ledger.record(2) == Delivered(2, 20 * MS, "Other", 20 * MS)
 
 
 def test_ledger_record_of_an_unknown_turn_is_empty() -> None:
     ledger = DeliveryLedger()
     ledger.delivered(1, 20 * MS, "x")
     nothing = ledger.record(7)
-    assert nothing == Delivered(7, 0, "")
+    assert nothing == Delivered(7, 0, "", 0, played=False)
     assert nothing.delivered_ms == 0.0
 
 
 def test_ledger_record_does_not_reset() -> None:
     ledger = DeliveryLedger()
     ledger.delivered(3, 10 * MS, "a")
-    assert ledger.record(3) == ledger.record(3) == Delivered(3, 10 * MS, "a")
+    assert ledger.record(3) == ledger.record(3) == Delivered(3, 10 * MS, "a", 10 * MS)
     ledger.delivered(3, 10 * MS, "b")
-    assert ledger.record(3) == Delivered(3, 20 * MS, "ab")
+    assert ledger.record(3) == Delivered(3, 20 * MS, "ab", 20 * MS)
 
 
 def test_ledger_keeps_only_the_last_turns() -> None:
@@ -46,13 +47,13 @@ def test_ledger_keeps_only_the_last_turns() -> None:
     for turn in (1, 2, 3):
         ledger.delivered(turn, turn * MS, f"t{turn}")
     assert ledger.record(1) == Delivered(1, 0, "")
-    assert ledger.record(2) == Delivered(2, 2 * MS, "t2")
-    assert ledger.record(3) == Delivered(3, 3 * MS, "t3")
+    assert ledger.record(2) == Delivered(2, 2 * MS, "t2", 2 * MS)
+    assert ledger.record(3) == Delivered(3, 3 * MS, "t3", 3 * MS)
     ledger.delivered(3, MS, "!")  # an existing turn evicts nothing
-    assert ledger.record(2) == Delivered(2, 2 * MS, "t2")
+    assert ledger.record(2) == Delivered(2, 2 * MS, "t2", 2 * MS)
     ledger.delivered(4, 4 * MS, "t4")
     assert ledger.record(2) == Delivered(2, 0, "")
-    assert ledger.record(3) == Delivered(3, 4 * MS, "t3!")
+    assert ledger.record(3) == Delivered(3, 4 * MS, "t3!", 4 * MS)
 
 
 def test_ledger_late_frame_of_an_old_turn_does_not_evict_newer_turns() -> None:
@@ -60,8 +61,210 @@ def test_ledger_late_frame_of_an_old_turn_does_not_evict_newer_turns() -> None:
     ledger.delivered(5, MS, "five")
     ledger.delivered(6, MS, "six")
     ledger.delivered(4, MS, "four")
-    assert ledger.record(5) == Delivered(5, MS, "five")
-    assert ledger.record(6) == Delivered(6, MS, "six")
+    assert ledger.record(5) == Delivered(5, MS, "five", MS)
+    assert ledger.record(6) == Delivered(6, MS, "six", MS)
+    assert ledger.record(4) == Delivered(4, 0, "")
+
+
+def _four_frames(ledger: DeliveryLedger, turn: int = 1) -> None:
+    """Four frames, ending at 20, 40, 60 and 80 ms; the one ending at 40 carries no text."""
+    ledger.delivered(turn, 20 * MS, "Once ")
+    ledger.delivered(turn, 20 * MS, "")
+    ledger.delivered(turn, 20 * MS, "upon ")
+    ledger.delivered(turn, 20 * MS, "a time.")
+
+
+def test_played_heard_is_the_text_of_the_frames_played_to_their_end() -> None:
+    ledger = DeliveryLedger()
+    _four_frames(ledger)
+    ledger.played(1, 50.0)
+    heard = ledger.record(1)
+    assert heard == Delivered(1, 50 * MS, "Once ", 80 * MS, played=True)
+    assert heard.delivered_ms == pytest.approx(50.0)
+
+
+@pytest.mark.parametrize(
+    ("played_ms", "heard"),
+    [
+        (0.0, ""),  # a report of nothing played: nothing heard (not everything sent)
+        (19.999999, ""),  # the first frame not quite played out
+        (20.0, "Once "),  # a frame whose end was reached is heard
+        (59.0, "Once "),
+        (60.0, "Once upon "),
+        (79.5, "Once upon "),
+        (80.0, "Once upon a time."),
+    ],
+)
+def test_played_frame_boundaries(played_ms: float, heard: str) -> None:
+    ledger = DeliveryLedger()
+    _four_frames(ledger)
+    ledger.played(1, played_ms)
+    record = ledger.record(1)
+    assert record.heard_text == heard
+    assert record.delivered_ns == int(played_ms * 1e6)
+    assert record.sent_ns == 80 * MS
+    assert record.played is True
+
+
+def test_played_is_capped_at_what_was_sent() -> None:
+    ledger = DeliveryLedger()
+    _four_frames(ledger)
+    ledger.played(1, 5_000.0)
+    assert ledger.record(1) == Delivered(1, 80 * MS, "Once upon a time.", 80 * MS, played=True)
+    # The cap is what was sent then: more audio sent later is not heard yet.
+    ledger.delivered(1, 20 * MS, " The end.")
+    assert ledger.record(1) == Delivered(1, 80 * MS, "Once upon a time.", 100 * MS, played=True)
+    ledger.played(1, 5_000.0)
+    assert ledger.record(1) == Delivered(
+        1, 100 * MS, "Once upon a time. The end.", 100 * MS, played=True
+    )
+
+
+def test_played_never_decreases() -> None:
+    ledger = DeliveryLedger()
+    _four_frames(ledger)
+    ledger.played(1, 65.0)
+    ledger.played(1, 30.0)  # an older report arriving late
+    assert ledger.record(1) == Delivered(1, 65 * MS, "Once upon ", 80 * MS, played=True)
+    ledger.played(1, 0.0)
+    assert ledger.record(1) == Delivered(1, 65 * MS, "Once upon ", 80 * MS, played=True)
+    ledger.played(1, 70.0)
+    assert ledger.record(1).delivered_ns == 70 * MS
+
+
+def test_played_is_a_total_not_an_increment() -> None:
+    ledger = DeliveryLedger()
+    _four_frames(ledger)
+    ledger.played(1, 20.0)
+    ledger.played(1, 20.0)
+    assert ledger.record(1) == Delivered(1, 20 * MS, "Once ", 80 * MS, played=True)
+
+
+def test_played_takes_fractions_of_a_millisecond() -> None:
+    ledger = DeliveryLedger()
+    ledger.delivered(1, 10 * MS, "a")
+    ledger.played(1, 2.5)
+    assert ledger.record(1).delivered_ns == 2_500_000
+
+
+def test_played_of_an_unknown_turn_is_ignored() -> None:
+    ledger = DeliveryLedger(keep=2)
+    ledger.delivered(1, MS, "one")
+    ledger.delivered(2, MS, "two")
+    ledger.played(3, 10.0)  # creates nothing ...
+    assert ledger.record(3) == Delivered(3, 0, "")
+    ledger.delivered(3, MS, "three")  # ... so no report is waiting for turn 3
+    assert ledger.record(3) == Delivered(3, MS, "three", MS, played=False)
+    assert ledger.record(1) == Delivered(1, 0, "")  # evicted by 3, not by the report
+    assert ledger.record(2) == Delivered(2, MS, "two", MS)
+
+
+def test_played_of_an_evicted_turn_is_ignored() -> None:
+    ledger = DeliveryLedger(keep=1)
+    ledger.delivered(1, MS, "one")
+    ledger.delivered(2, MS, "two")
+    ledger.played(1, 1.0)
+    assert ledger.record(1) == Delivered(1, 0, "")
+    assert ledger.record(2) == Delivered(2, MS, "two", MS, played=False)
+
+
+def test_playback_reports_are_per_turn() -> None:
+    ledger = DeliveryLedger()
+    _four_frames(ledger, turn=1)
+    _four_frames(ledger, turn=2)
+    ledger.played(2, 25.0)
+    assert ledger.record(1) == Delivered(1, 80 * MS, "Once upon a time.", 80 * MS)
+    assert ledger.record(2) == Delivered(2, 25 * MS, "Once ", 80 * MS, played=True)
+
+
+def test_snapshot_is_the_entry_of_one_turn() -> None:
+    ledger = DeliveryLedger()
+    _four_frames(ledger, turn=1)
+    ledger.delivered(2, 10 * MS, "other")
+    ledger.played(1, 45.0)
+    assert ledger.snapshot(1) == LedgerEntry(
+        turn=1,
+        sent_ns=80 * MS,
+        ends=[20 * MS, 60 * MS, 80 * MS],
+        texts=["Once ", "upon ", "a time."],
+        played_ns=45 * MS,
+    )
+    assert ledger.snapshot(2) == LedgerEntry(
+        turn=2, sent_ns=10 * MS, ends=[10 * MS], texts=["other"], played_ns=-1
+    )
+    assert ledger.snapshot(3) is None
+
+
+def test_a_snapshot_does_not_change_with_the_ledger() -> None:
+    ledger = DeliveryLedger()
+    _four_frames(ledger)
+    snap = ledger.snapshot(1)
+    assert snap is not None
+    encoded = msgspec.msgpack.encode(snap)
+    ledger.delivered(1, 20 * MS, " More.")
+    ledger.played(1, 30.0)
+    assert msgspec.msgpack.encode(snap) == encoded
+    assert snap.sent_ns == 80 * MS
+    assert snap.ends == [20 * MS, 60 * MS, 80 * MS]
+    assert snap.texts == ["Once ", "upon ", "a time."]
+    assert snap.played_ns == -1
+    # Nor does the ledger change with the snapshot.
+    snap.ends.append(1)
+    snap.texts.append("x")
+    snap.sent_ns = 0
+    assert ledger.record(1) == Delivered(1, 30 * MS, "Once ", 100 * MS, played=True)
+
+
+def test_restore_round_trip_through_the_wire() -> None:
+    ledger = DeliveryLedger()
+    _four_frames(ledger)
+    ledger.played(1, 61.0)
+    wire = msgspec.msgpack.decode(msgspec.msgpack.encode(ledger.snapshot(1)), type=LedgerEntry)
+    moved = DeliveryLedger()
+    moved.restore(wire)
+    assert moved.record(1) == ledger.record(1)
+    assert moved.record(1) == Delivered(1, 61 * MS, "Once upon ", 80 * MS, played=True)
+    # It goes on as if it had never moved.
+    moved.played(1, 10.0)  # never decreases
+    moved.delivered(1, 20 * MS, " The end.")
+    moved.played(1, 100.0)
+    assert moved.record(1) == Delivered(
+        1, 100 * MS, "Once upon a time. The end.", 100 * MS, played=True
+    )
+
+
+def test_restore_replaces_every_turn_and_takes_a_copy() -> None:
+    entry = LedgerEntry(turn=5, sent_ns=30 * MS, ends=[30 * MS], texts=["Hi."])
+    ledger = DeliveryLedger()
+    ledger.delivered(1, MS, "one")
+    ledger.delivered(2, MS, "two")
+    ledger.restore(entry)
+    assert ledger.record(1) == Delivered(1, 0, "")
+    assert ledger.record(2) == Delivered(2, 0, "")
+    assert ledger.record(5) == Delivered(5, 30 * MS, "Hi.", 30 * MS)
+    entry.ends.append(40 * MS)
+    entry.texts.append("changed")
+    entry.sent_ns = 40 * MS
+    assert ledger.record(5) == Delivered(5, 30 * MS, "Hi.", 30 * MS)
+    assert ledger.snapshot(5) == LedgerEntry(turn=5, sent_ns=30 * MS, ends=[30 * MS], texts=["Hi."])
+
+
+def test_restore_of_nothing_clears_the_ledger() -> None:
+    ledger = DeliveryLedger()
+    ledger.delivered(1, MS, "one")
+    ledger.restore(None)
+    assert ledger.record(1) == Delivered(1, 0, "")
+    assert ledger.snapshot(1) is None
+
+
+def test_a_restored_ledger_still_keeps_only_the_last_turns() -> None:
+    ledger = DeliveryLedger(keep=2)
+    ledger.restore(LedgerEntry(turn=3, sent_ns=MS, ends=[MS], texts=["three"]))
+    ledger.delivered(4, MS, "four")
+    ledger.delivered(5, MS, "five")
+    assert ledger.record(3) == Delivered(3, 0, "")
+    assert ledger.record(4) == Delivered(4, MS, "four", MS)
+    assert ledger.record(5) == Delivered(5, MS, "five", MS)
 
 
 # -- LatencyTracker ---------------------------------------------------------------------
@@ -386,6 +589,141 @@ def test_values_lists_the_measured_fields() -> None:
         "interrupted": 0.0,
         "delivered_ms": 0.0,
     }
+
+
+# -- LatencyTracker: moving a session ------------------------------------------------
+
+
+def _moved(tracker: LatencyTracker) -> LatencyTracker:
+    """A new tracker restored from ``tracker``'s snapshot, sent over the wire."""
+    wire = msgspec.msgpack.decode(msgspec.msgpack.encode(tracker.snapshot()), type=LatencySnapshot)
+    moved = LatencyTracker()
+    moved.restore(wire)
+    return moved
+
+
+def test_an_empty_tracker_snapshot() -> None:
+    assert LatencyTracker().snapshot() == LatencySnapshot()
+    moved = _moved(LatencyTracker())
+    assert moved.finish(1) == TurnLatency(turn=1)
+
+
+def test_snapshot_restore_round_trip_of_a_committed_turn() -> None:
+    tracker = LatencyTracker()
+    _committed_turn(tracker)
+    moved = _moved(tracker)
+    expected = tracker.finish(1, interrupted=True, delivered_ms=480.0)
+    assert expected.kernel_us == 10.0
+    # Session-time marks moved; perf-counter marks did not: no hop before the move counts.
+    assert moved.finish(1, interrupted=True, delivered_ms=480.0) == msgspec.structs.replace(
+        expected, kernel_us=None
+    )
+
+
+def test_snapshot_restore_mid_speculation_then_both_go_on_alike() -> None:
+    def before(t: LatencyTracker) -> None:
+        t.user_mark("vad.speech_end", 1_050 * MS, 1_000 * MS)
+        t.root(1, 1_100 * MS, 1_000, speculative=True)
+        t.received("turn.speculate", 1, 1_101 * MS, 1_400)
+        t.emitted("llm.delta", 1, 1_300 * MS, 2_000)
+
+    def after(t: LatencyTracker) -> None:
+        t.received("llm.delta", 1, 1_310 * MS, 2_600)
+        t.emitted("tts.audio", 1, 1_400 * MS, 3_000)
+        t.received("tts.audio", 1, 1_405 * MS, 4_000)  # hop: 1000 ns, both after the move
+        t.user_mark("asr.final", 1_150 * MS, 0)  # after the root, before the confirm
+        t.decided(1, 1_600 * MS)
+        t.emitted("audio.out", 1, 1_610 * MS, 5_000)
+
+    tracker = LatencyTracker()
+    before(tracker)
+    moved = _moved(tracker)
+    assert moved.started(1) == 1_100 * MS
+    assert moved.first_audio(1) is None
+    after(tracker)
+    after(moved)
+    expected = tracker.finish(1)
+    assert expected.kernel_us == 2.0  # 400 + 600 + 1000 ns
+    assert expected.saved_ms == 300.0
+    got = moved.finish(1)
+    assert got == msgspec.structs.replace(expected, kernel_us=1.0)  # only the tts.audio hop
+    assert (got.vad_ms, got.asr_ms, got.endpoint_ms, got.v2v_ms) == (50.0, 150.0, 600.0, 610.0)
+
+
+def test_the_user_marks_in_progress_move() -> None:
+    tracker = LatencyTracker()
+    _committed_turn(tracker, turn=1)
+    # The next user turn has begun: its marks are not any reply's yet.
+    tracker.user_mark("vad.speech_end", 4_100 * MS, 4_000 * MS)
+    tracker.user_mark("asr.final", 4_250 * MS, 0)
+    moved = _moved(tracker)
+    for t in (tracker, moved):
+        t.root(2, 4_300 * MS, 0, speculative=False)
+        t.emitted("audio.out", 2, 4_900 * MS, 0)
+    two = moved.finish(2)
+    assert two == tracker.finish(2)
+    assert (two.vad_ms, two.asr_ms, two.endpoint_ms, two.v2v_ms) == (100.0, 250.0, 300.0, 900.0)
+    assert moved.finish(1) == msgspec.structs.replace(tracker.finish(1), kernel_us=None)
+
+
+def test_every_tracked_reply_moves() -> None:
+    tracker = LatencyTracker()
+    tracker.root(1, 100 * MS, 0, speculative=False)
+    tracker.emitted("tts.audio", 1, 150 * MS, 0)
+    tracker.root(2, 200 * MS, 0, speculative=True)
+    tracker.emitted("tts.audio", 2, 260 * MS, 0)
+    moved = _moved(tracker)
+    assert (moved.started(1), moved.first_audio(1)) == (100 * MS, 150 * MS)
+    assert (moved.started(2), moved.first_audio(2)) == (200 * MS, 260 * MS)
+    assert moved.started(3) is None
+    moved.decided(2, 230 * MS)
+    assert moved.finish(2).saved_ms == 30.0
+
+
+def test_a_latency_snapshot_does_not_change_with_the_tracker() -> None:
+    tracker = LatencyTracker()
+    tracker.user_mark("vad.speech_end", 110 * MS, 100 * MS)
+    tracker.root(1, 120 * MS, 0, speculative=True)
+    tracker.emitted("llm.delta", 1, 130 * MS, 0)
+    snap = tracker.snapshot()
+    encoded = msgspec.msgpack.encode(snap)
+    tracker.user_mark("asr.final", 140 * MS, 0)
+    tracker.emitted("tts.audio", 1, 150 * MS, 0)
+    tracker.received("llm.delta", 1, 135 * MS, 0)
+    tracker.decided(1, 160 * MS)
+    tracker.root(2, 170 * MS, 0, speculative=False)
+    tracker.finish(1)
+    assert msgspec.msgpack.encode(snap) == encoded
+
+
+def test_restore_takes_a_copy_of_the_snapshot() -> None:
+    tracker = LatencyTracker()
+    tracker.root(1, 100 * MS, 0, speculative=False)
+    tracker.emitted("llm.delta", 1, 140 * MS, 0)
+    snap = tracker.snapshot()
+    moved = LatencyTracker()
+    moved.restore(snap)
+    snap.replies[0].emitted["llm.delta"] = 999 * MS
+    snap.replies[0].emitted["tts.audio"] = 1 * MS
+    snap.user.speech_end = 0
+    moved.received("turn.commit", 1, 110 * MS, 0)
+    lat = moved.finish(1)
+    assert lat.llm_ttft_ms == 30.0  # 140 - 110, not the changed mark
+    assert lat.tts_ttfa_ms is None
+
+
+def test_restore_replaces_what_the_tracker_had() -> None:
+    tracker = LatencyTracker()
+    tracker.root(1, 100 * MS, 0, speculative=False)
+    other = LatencyTracker()
+    other.user_mark("vad.speech_end", 20 * MS, 10 * MS)
+    other.root(5, 50 * MS, 0, speculative=False)
+    other.user_mark("vad.speech_end", 70 * MS, 60 * MS)  # pending marks
+    other.restore(tracker.snapshot())
+    assert other.finish(5) == TurnLatency(turn=5)
+    assert other.started(1) == 100 * MS
+    other.root(2, 300 * MS, 0, speculative=False)
+    assert other.finish(2).vad_ms is None  # the pending marks were replaced too
 
 
 # -- SpeculationStats -------------------------------------------------------------------

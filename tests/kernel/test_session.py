@@ -277,7 +277,7 @@ def test_a_failing_node_is_contained_reported_and_the_session_goes_on(
     assert "stream node failed on purpose" in caplog.text
 
 
-def test_an_inline_failure_does_not_stop_the_emitter() -> None:
+def test_an_inline_failure_on_a_reply_ends_that_reply_and_the_next_one_works() -> None:
     pipeline = make_pipeline(
         [
             {"name": "gen", "type": "burst", "inputs": ["input"], "config": {"count": 3}},
@@ -291,13 +291,24 @@ def test_an_inline_failure_does_not_stop_the_emitter() -> None:
         ],
         inputs=("turn.commit",),
     )
+    ended: list[TurnInterrupted] = []
 
     async def main() -> None:
         async with pipeline.session() as session:
-            session.push(TurnCommit(text="go"))
-            await asyncio.sleep(0.01)
-            assert [ev.text for ev in session.node("sink").seen] == ["0 ", "2 "]
-            assert session.stats.errors == {"check": 1}
+            session.observe(
+                lambda ev: ended.append(ev) if isinstance(ev, TurnInterrupted) else None
+            )
+            for _ in range(2):
+                session.push(TurnCommit(text="go"))
+                await asyncio.sleep(0.01)
+            # A node that raised on "1 " cannot have produced a complete reply: the kernel
+            # ended it there (nothing after it moved), and the next reply started cleanly.
+            assert [ev.text for ev in session.node("sink").seen] == ["0 ", "0 "]
+            assert [(ev.turn, ev.reason) for ev in ended] == [(1, "failed"), (2, "failed")]
+            assert session.stats.errors == {"check": 2}
+            assert session.stats.replies == {"failed": 2}
+            assert session.stats.drops[("gen", "llm.delta", "fenced")] == 2
+            assert session.running and session.turns.state.value == "listening"
 
     run_virtual(main())
 
@@ -356,20 +367,30 @@ def test_control_events_reach_listeners_and_sinks_synchronously() -> None:
             },
             {"name": "out", "type": "audio_output", "inputs": ["slow"], "sink": "client"},
         ],
-        inputs=("tts.audio", "tts.done"),
+        inputs=("turn.commit", "tts.audio", "tts.done"),
     )
     from rspp.events import TtsAudio
 
     async def main() -> None:
         sink = RecordingSink()
         async with pipeline.session(sinks={"client": sink}) as session:
+            session.push(TurnCommit(text="hi"))
             for _ in range(20):
                 session.push(TtsAudio(pcm=FRAME))
-            # 20 data events queued behind a node that takes 1 s each; a control
-            # event is not queued behind them.
-            session.push(ClearBuffer(turn=0))
-            assert isinstance(sink.events[-1], ClearBuffer)  # delivered before push() returned
-            assert len(session.runner("slow").inbox) == 20  # none of the data moved yet
+            inbox = session.runner("slow").inbox
+            assert len(inbox) == 21  # the commit and 20 chunks, behind a node that takes 1 s each
+            # A client's "stop" is not queued behind them: before push() returns, it has
+            # reached the client, the reply it cut is over and its queued audio is gone.
+            session.push(ClearBuffer())
+            kinds = [ev.kind for ev in sink.events]
+            assert kinds[-3:] == [
+                "control.clear_buffer",
+                "control.clear_buffer",
+                "turn.interrupted",
+            ]
+            assert sink.events[-1].reason == "cleared"  # type: ignore[attr-defined]
+            assert len(inbox) == 0
+            assert session.stats.drops[("slow", "tts.audio", "fenced")] == 20
 
     run_virtual(main())
 

@@ -8,8 +8,8 @@ import msgspec
 import pytest
 
 from rspp.demo import DEMO_SCRIPT, DemoLine, demo_pipeline
-from rspp.events import LlmDelta, TurnCommit
-from rspp.kernel import InvalidInput, Pipeline, SessionSnapshot
+from rspp.events import AsrFinal, LlmDelta
+from rspp.kernel import Pipeline, SessionSnapshot, SnapshotError
 from rspp.testing import RecordingSink, ScriptedCaller, Utterance, run_virtual
 
 from .helpers import make_pipeline
@@ -60,7 +60,7 @@ def test_a_conversation_resumes_from_a_snapshot_in_a_new_session() -> None:
     wire = msgspec.msgpack.encode(snap)
     restored = msgspec.msgpack.decode(wire, type=SessionSnapshot)
     assert restored.turns.epoch == 3 and restored.seq == snap.seq
-    assert [m.text for m in restored.conversation] == [
+    assert [m.text for m in restored.conversation.messages] == [
         CALL[0].user,
         CALL[0].reply,
         CALL[1].user,
@@ -73,7 +73,7 @@ def test_a_conversation_resumes_from_a_snapshot_in_a_new_session() -> None:
     assert sorted(whole.values()) == sorted(line.reply for line in CALL if line.reply)
 
 
-def test_queued_events_survive_a_snapshot() -> None:
+def test_queued_and_in_flight_input_survive_a_snapshot() -> None:
     pipeline = make_pipeline(
         [
             {
@@ -84,14 +84,14 @@ def test_queued_events_survive_a_snapshot() -> None:
             },
             {"name": "sink", "type": "collect", "inputs": ["slow"]},
         ],
-        inputs=("turn.commit",),
+        inputs=("asr.final",),
     )
 
     async def first() -> SessionSnapshot:
         async with pipeline.session("s") as session:
-            session.push(TurnCommit(text="a"))
+            session.push(AsrFinal(text="a"))
             await asyncio.sleep(0.01)  # "a" is in flight
-            session.runner("slow").inbox.put(TurnCommit(text="queued", turn=1, seq=99))
+            session.push(AsrFinal(text="queued"))
             snap = session.snapshot()
             assert list(snap.pending) == ["slow"] and "slow" in snap.in_flight
             return snap
@@ -103,7 +103,8 @@ def test_queued_events_survive_a_snapshot() -> None:
             return [ev.text for ev in session.node("sink").seen]
 
     snap = run_virtual(first())
-    assert run_virtual(second(snap)) == ["queued"]
+    # The input the node was in the middle of is handed to it again, then what was queued.
+    assert run_virtual(second(snap)) == ["a", "queued"]
 
 
 def test_a_snapshot_of_another_pipeline_is_refused() -> None:
@@ -112,7 +113,7 @@ def test_a_snapshot_of_another_pipeline_is_refused() -> None:
     other = make_pipeline([{"name": "p", "type": "passthrough", "inputs": ["input"]}])
 
     async def main() -> None:
-        with pytest.raises(InvalidInput, match="cannot be restored"):
+        with pytest.raises(SnapshotError, match="snapshot of pipeline 'demo', not 'test'"):
             async with other.session(snapshot=snap):
                 pass
 

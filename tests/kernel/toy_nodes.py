@@ -195,7 +195,9 @@ class NaiveOutput(Node[NodeConfig]):
 
 @register_kind
 class Direct(Event, tag="test.direct", kw_only=True):
-    """A test's instruction to the Director node."""
+    """A test's instruction to the Director node (input: a fact, not reply output)."""
+
+    fenced: ClassVar[bool] = False
 
     action: str
     text: str = ""

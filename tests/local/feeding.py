@@ -32,7 +32,7 @@ async def push_paced(
     for i, pcm in enumerate(frames):
         session.push(AudioIn(pcm=pcm, origin_ns=start_ns + i * FRAME_NS))
         await until(
-            lambda: runner.inbox is None or not (len(runner.inbox) or runner.current is not None),
+            lambda: runner.inbox is None or not (len(runner.inbox) or runner.in_flight is not None),
             poll_s=0.0005,
         )
     return start_ns + len(frames) * FRAME_NS
@@ -45,7 +45,7 @@ async def drained(session: Session, *, timeout_s: float = 60.0) -> None:
         while idle_rounds < 3:
             await asyncio.sleep(0.05)
             busy = any(
-                runner.inbox is not None and (len(runner.inbox) or runner.current is not None)
+                runner.inbox is not None and (len(runner.inbox) or runner.in_flight is not None)
                 for runner in (session.runner(plan.name) for plan in session.pipeline.nodes)
             )
             idle_rounds = 0 if busy else idle_rounds + 1

@@ -19,8 +19,8 @@ MS = 1_000_000  # ns
 TOL = 1_000  # ns: float loop time rounded to ns
 
 
-def output_pipeline(*, with_commit: bool = False, **config: Any) -> Any:
-    inputs = ("tts.audio", "tts.done") + (("turn.commit",) if with_commit else ())
+def output_pipeline(**config: Any) -> Any:
+    inputs = ("tts.audio", "tts.done", "turn.commit")
     return make_pipeline(
         [
             {
@@ -47,12 +47,14 @@ def frame_times(sink: RecordingSink, turn: int | None = None) -> list[int]:
     ]
 
 
-def run_output(script: Any, *, with_commit: bool = False, **config: Any) -> RecordingSink:
-    pipeline = output_pipeline(with_commit=with_commit, **config)
+def run_output(script: Any, **config: Any) -> RecordingSink:
+    """Run ``script`` in a session whose reply 1 is in progress (reply audio needs a reply)."""
+    pipeline = output_pipeline(**config)
     sink = RecordingSink()
 
     async def main() -> None:
         async with pipeline.session(sinks={"client": sink}) as session:
+            session.push(TurnCommit(text="question"))
             await script(session, sink)
 
     run_virtual(main())
@@ -201,40 +203,46 @@ def test_clear_buffer_drops_everything_buffered_at_once() -> None:
         assert len(sink.audio()) == sent_before
         assert sink.of_kind("turn.done") == [], "the cleared turn's tts.done must go too"
         assert sink.of_kind("control.clear_buffer"), "the client is told to clear as well"
+        # ... and the reply it cut is over: it ended there, with what was heard.
+        (cut,) = sink.of_kind("turn.interrupted")
+        assert (cut.turn, cut.reason) == (1, "cleared")  # type: ignore[attr-defined]
+        assert cut.delivered_ms == pytest.approx(220.0)  # type: ignore[attr-defined]
+        assert session.turns.state.value == "listening"
 
     run_output(script)
 
 
-def test_clear_buffer_keeps_later_turns_and_plays_them_at_once() -> None:
+def test_a_new_reply_drops_the_old_one_at_once_and_plays_without_waiting() -> None:
     marks: dict[str, int] = {}
 
     async def script(session: Session, sink: RecordingSink) -> None:
         output = session.node("output")
-        session.push(chunk(1000, "old reply"))  # turn 1
-        session.push(TtsDone())
-        session.push(TurnCommit(text="user spoke"))  # turn 1 committed: input is now turn 2
-        session.push(chunk(200, "new reply"))  # turn 2, queued behind turn 1
+        session.push(chunk(1000, "old reply"))  # reply 1
         session.push(TtsDone())
         await asyncio.sleep(0.31)  # frames at 0, 20, ..., 300 ms sent
-        assert output.buffered_ms == pytest.approx(1200.0 - 320.0)
-        marks["clear"] = session.now_ns()
-        session.push(ClearBuffer(turn=1))
-        assert output.buffered_ms == pytest.approx(200.0)
+        assert output.buffered_ms == pytest.approx(1000.0 - 320.0)
+        marks["commit"] = session.now_ns()
+        session.push(TurnCommit(text="user spoke again"))  # supersedes reply 1
+        assert output.buffered_ms == 0  # the kernel's clear_buffer, before push returned
+        session.push(chunk(200, "new reply"))  # reply 2
+        session.push(TtsDone())
         await asyncio.sleep(1.0)
 
-    sink = run_output(script, with_commit=True)
+    sink = run_output(script)
     assert {f.turn for f in sink.audio()} == {1, 2}
     assert sink.audio_ms(1) == pytest.approx(320.0)
     assert sink.audio_ms(2) == pytest.approx(200.0)
     assert "".join(f.text for f in sink.audio(2)) == "new reply"
     t2 = frame_times(sink, 2)
-    # Turn 2 starts at the clear, not after what remained of turn 1's schedule.
-    assert t2[0] - marks["clear"] <= 20 * MS
+    # Reply 2 starts at once, not after what remained of reply 1's schedule.
+    assert t2[0] - marks["commit"] <= 20 * MS
     gaps = [b - a for a, b in pairwise(t2)]
     assert gaps == pytest.approx([20 * MS] * 9, abs=TOL)
     done = sink.of_kind("turn.done")
     assert [d.turn for d in done] == [2]
     assert done[0].delivered_ms == pytest.approx(200.0)
+    (cut,) = sink.of_kind("turn.interrupted")
+    assert (cut.turn, cut.reason) == (1, "superseded")  # type: ignore[attr-defined]
 
 
 def test_next_audio_after_a_clear_starts_immediately() -> None:
@@ -244,8 +252,9 @@ def test_next_audio_after_a_clear_starts_immediately() -> None:
         marks["t0"] = session.now_ns()
         session.push(chunk(200))
         await asyncio.sleep(0.050)  # frames at 0, 20, 40 ms sent: the next one is due at 60
-        session.push(ClearBuffer(turn=1))
+        session.push(ClearBuffer(turn=1))  # the client's "stop": reply 1 ends there
         marks["new"] = session.now_ns()
+        session.push(TurnCommit(text="next question"))
         session.push(chunk(100))
         await asyncio.sleep(0.5)
 

@@ -227,7 +227,10 @@ def test_snapshot_and_restore_carry_state_mid_speech() -> None:
         # Through the wire format, as when a session moves between workers.
         wire = msgspec.msgpack.encode(snap)
         restored = msgspec.msgpack.decode(wire, type=SessionSnapshot)
-        assert restored.nodes["vad"] == state
+        saved = restored.nodes["vad"]
+        assert saved.type == "energy_vad"
+        assert saved.state is not None
+        assert msgspec.msgpack.decode(saved.state, type=type(state)) == state
         async with pipeline.session(snapshot=restored) as second:
             assert second.node("vad").speaking
             f2 = Feeder(second)

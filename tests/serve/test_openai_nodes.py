@@ -174,9 +174,14 @@ def test_a_failure_mid_reply_is_reported_and_the_reply_still_ends() -> None:
                 seen: list[Event] = session.node("sink").seen
                 session.push(TurnCommit(text="hello"))
                 await until(lambda: len(done) == 1, timeout_s=10.0)
-                await until(lambda: any(e.kind == "llm.done" for e in seen), timeout_s=10.0)
                 await drained(session)
                 assert sum(isinstance(e, TtsDone) for e in seen) == 1
+                # The reply ended with what was spoken: the LLM's text after that is
+                # dropped and its generation stopped; no more speech is requested.
+                llm_stream = session.node("llm").streams[0]
+                assert llm_stream.closed and len(llm_stream.produced) < len(llm_stream.tokens)
+                assert not any(e.kind == "llm.done" for e in seen)
+                assert session.stats.replies == {"played": 1}
                 assert len(fake.requests) == 2, "the rest of the failed reply is dropped"
                 assert [(e.source, e.code) for e in errors] == [("tts", "ProviderStatusError")]
                 assert "voice went away" in errors[0].message
@@ -216,8 +221,8 @@ def test_the_word_pacer_places_words_like_spread_words() -> None:
     pacer = WordPacer(text, 1_000)
     early = [pacer.take(1_000) for _ in range(3)]
     assert "".join(early) == "one two three four five six seven " and pacer.rest() == "eight"
-    # Shorter than guessed: the first word goes with the first chunk (as in spread_words),
-    # the rest with the last.
+    # Shorter than guessed: no word has ended by the end of the early chunks (as in
+    # spread_words, a word goes with the chunk in which it ends); the last takes them all.
     pacer = WordPacer(text, 100_000)
-    assert [pacer.take(1_000), pacer.take(1_000)] == ["one ", ""]
-    assert pacer.rest() == "two three four five six seven eight"
+    assert [pacer.take(1_000), pacer.take(1_000)] == ["", ""]
+    assert pacer.rest() == text

@@ -293,6 +293,7 @@ def test_fake_tts_waits_for_a_sentence_end() -> None:
 
     async def main() -> None:
         async with pipeline.session(observers=[rec]) as session:
+            session.push(TurnCommit(text="q"))  # reply text belongs to a reply
             for piece in ["Hello ", "there ", "my ", "friend"]:
                 session.push(LlmDelta(text=piece))
             await asyncio.sleep(5.0)
@@ -324,6 +325,7 @@ def test_fake_tts_timing_and_duration() -> None:
 
     async def main() -> int:
         async with pipeline.session(observers=[rec]) as session:
+            session.push(TurnCommit(text="q"))  # reply text belongs to a reply
             t0 = session.now_ns()
             session.push(LlmDelta(text=sentence))
             await asyncio.sleep(10.0)
@@ -351,6 +353,7 @@ def test_fake_tts_synthesizes_each_sentence_with_its_own_first_chunk_delay() -> 
 
     async def main() -> int:
         async with pipeline.session(observers=[rec]) as session:
+            session.push(TurnCommit(text="q"))  # reply text belongs to a reply
             t0 = session.now_ns()
             session.push(LlmDelta(text="One. Two? Three"))
             session.push(LlmDone())
@@ -373,6 +376,7 @@ def test_fake_tts_done_without_text_is_just_done() -> None:
 
     async def main() -> None:
         async with pipeline.session(observers=[rec]) as session:
+            session.push(TurnCommit(text="q"))  # reply text belongs to a reply
             session.push(LlmDelta(text="   "))
             session.push(LlmDone())
             await asyncio.sleep(1.0)
@@ -389,15 +393,16 @@ def test_fake_tts_discards_pending_text_of_a_fenced_turn() -> None:
     async def main() -> None:
         async with pipeline.session(observers=[rec]) as session:
             tts = session.node("tts")
-            session.push(LlmDelta(text="An unfinished thought"))  # turn 1, no sentence end
+            session.push(TurnCommit(text="q"))  # reply 1
+            session.push(LlmDelta(text="An unfinished thought"))  # no sentence end
             await asyncio.sleep(0.1)
-            assert tts.snapshot()["pending"] == {"1": "An unfinished thought"}
-            session.push(TurnCommit(text="q"))  # turn 1 committed; input is turn 2 now
-            session.push(Cancel(turn=1))  # turn 1 fenced
+            assert tts.snapshot().pending == {1: "An unfinished thought"}
+            session.push(Cancel(turn=1))  # reply 1 fenced
             assert session.fence == 1
-            session.push(LlmDelta(text="Fresh"))  # turn 2
+            session.push(TurnCommit(text="q2"))  # reply 2
+            session.push(LlmDelta(text="Fresh"))
             await asyncio.sleep(0.1)
-            assert tts.snapshot()["pending"] == {"2": "Fresh"}
+            assert tts.snapshot().pending == {2: "Fresh"}
             session.push(LlmDone())
             await asyncio.sleep(2.0)
 

@@ -139,13 +139,34 @@ class ResumeOutput:
 Effect = Commit | Speculate | Confirm | Discard | Interrupt | PauseOutput | ResumeOutput
 
 
+class SegmentSnapshot(msgspec.Struct, array_like=True):
+    """A speech segment waiting for its final, in a snapshot."""
+
+    keep: bool
+    partial: str
+    stable: str
+
+
 class ManagerSnapshot(msgspec.Struct, kw_only=True):
-    """The manager's state, for moving a session (taken between turns in practice)."""
+    """The manager's whole state, for moving a session at any instant.
+
+    Times (``deadline``, ``speech_end``, ``barge_start``) are session time, which
+    carries across a move, so a restored manager decides exactly as it would have.
+    """
 
     user: str
     bot: str
     reply: int
     segments: list[str]
+    speculation_turn: int = 0
+    speculation_text: str = ""
+    deadline: int | None = None
+    deadline_kind: str = ""
+    pending: list[SegmentSnapshot] = msgspec.field(default_factory=list)
+    speech_end: int = 0
+    spec_text: str = ""
+    paused: bool = False
+    barge_start: int = 0
 
 
 class _Segment:
@@ -153,10 +174,10 @@ class _Segment:
 
     __slots__ = ("keep", "partial", "stable")
 
-    def __init__(self) -> None:
-        self.keep = True
-        self.partial = ""
-        self.stable = ""
+    def __init__(self, keep: bool = True, partial: str = "", stable: str = "") -> None:
+        self.keep = keep
+        self.partial = partial
+        self.stable = stable
 
 
 class TurnManager:
@@ -448,22 +469,36 @@ class TurnManager:
     # -- moving a session --------------------------------------------------------------------
 
     def snapshot(self) -> ManagerSnapshot:
+        spec = self.speculation
         return ManagerSnapshot(
             user=self.user.value,
             bot=self.bot.value,
             reply=self.reply,
             segments=list(self._segments),
+            speculation_turn=spec[0] if spec is not None else 0,
+            speculation_text=spec[1] if spec is not None else "",
+            deadline=self.deadline,
+            deadline_kind=self._deadline_kind,
+            pending=[SegmentSnapshot(s.keep, s.partial, s.stable) for s in self._pending],
+            speech_end=self._speech_end,
+            spec_text=self._spec_text,
+            paused=self._paused,
+            barge_start=self._barge_start,
         )
 
     def restore(self, snap: ManagerSnapshot) -> None:
-        """Take a snapshot's state. Snapshots are meant for quiet points: a user turn or a
-        barge-in decision in progress is not moved (the user turn starts afresh, the bot
-        goes on)."""
-        self.bot, self.reply = Bot(snap.bot), snap.reply
-        if self.bot is Bot.HOLDING:
-            self.bot = Bot.SPEAKING
-        self.user = User.IDLE
-        self._segments = []
+        """Take a snapshot's state, whatever the instant it was taken at."""
+        self.user, self.bot, self.reply = User(snap.user), Bot(snap.bot), snap.reply
+        self._segments = list(snap.segments)
+        self.speculation = (
+            (snap.speculation_turn, snap.speculation_text) if snap.speculation_turn else None
+        )
+        self.deadline, self._deadline_kind = snap.deadline, snap.deadline_kind
+        self._pending = deque(_Segment(p.keep, p.partial, p.stable) for p in snap.pending)
+        self._speech_end = snap.speech_end
+        self._spec_text = snap.spec_text
+        self._paused = snap.paused
+        self._barge_start = snap.barge_start
 
 
 def _ns(ms: float) -> int:

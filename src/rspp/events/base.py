@@ -16,6 +16,8 @@ part of the ABI (``docs/abi.md``):
 * ``overload`` -- the default policy of a full node inbox for this kind
   (``block``, ``drop_oldest``, ``drop_newest`` or ``latest``).
 * ``public`` -- for control kinds, whether sinks (the client) are told.
+* ``client`` -- for control kinds, whether a transport may push it into a
+  session (a client's "stop", a playback report).
 
 Header fields left at zero on a freshly built event are stamped by the runtime
 from the event that caused it, so node code never has to fill them in.
@@ -42,10 +44,10 @@ __all__ = [
 #: The ABI version: ``MAJOR.MINOR``. Minor versions only add kinds or optional
 #: fields (older peers pass unknown kinds through and ignore unknown fields);
 #: a major bump is a breaking change and peers refuse a different major.
-ABI_VERSION = "1.1"
+ABI_VERSION = "1.2"
 
 #: Header field names, in wire order.
-HEADER_FIELDS = ("session", "turn", "seq", "origin_ns")
+HEADER_FIELDS = ("session", "turn", "seq", "origin_ns", "inc", "pos")
 #: Header integers are unsigned and fit in 63 bits (any language's int64).
 HEADER_INT_MAX = 2**63 - 1
 HeaderInt = Annotated[int, msgspec.Meta(ge=0, le=HEADER_INT_MAX)]
@@ -73,6 +75,8 @@ class Event(msgspec.Struct, tag_field="kind", gc=False):
     overload: ClassVar[str] = "block"
     #: Control kinds only: whether sinks (the client) are sent it.
     public: ClassVar[bool] = True
+    #: Control kinds only: whether a transport may push it into a session.
+    client: ClassVar[bool] = False
 
     #: Session id; stamped by the runtime.
     session: str = ""
@@ -80,8 +84,13 @@ class Event(msgspec.Struct, tag_field="kind", gc=False):
     turn: HeaderInt = 0
     #: Per-session emission sequence number, from 1; 0 means "not yet emitted".
     seq: HeaderInt = 0
-    #: Monotonic time (ns) of the input that caused this event; 0 means "inherit".
+    #: Session time (ns) of the input that caused this event; 0 means "inherit".
     origin_ns: HeaderInt = 0
+    #: Output only: the incarnation (session run) that sent it to a sink; 0 until sent.
+    inc: HeaderInt = 0
+    #: Output only: its output position, increasing in the order events were handed to
+    #: the session's sinks; ``(inc, pos)`` orders output across incarnations. 0 until sent.
+    pos: HeaderInt = 0
 
 
 class UnknownEvent(Event, tag=False):
@@ -102,6 +111,8 @@ class UnknownEvent(Event, tag=False):
             "turn": self.turn,
             "seq": self.seq,
             "origin_ns": self.origin_ns,
+            "inc": self.inc,
+            "pos": self.pos,
         }
         wire.update(self.fields)
         return wire

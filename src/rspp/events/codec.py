@@ -33,7 +33,14 @@ class DecodeError(ValueError):
     """Bytes that are not a valid event of this ABI."""
 
 
-_HEADER_TYPES: dict[str, type] = {"session": str, "turn": int, "seq": int, "origin_ns": int}
+_HEADER_TYPES: dict[str, type] = {
+    "session": str,
+    "turn": int,
+    "seq": int,
+    "origin_ns": int,
+    "inc": int,
+    "pos": int,
+}
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what MessagePack can carry
 _MAX_DEPTH = 64
 

@@ -25,6 +25,7 @@ __all__ = [
     "LlmDone",
     "Metrics",
     "Pause",
+    "PlaybackPosition",
     "Resume",
     "SessionEnd",
     "SessionStart",
@@ -250,6 +251,7 @@ class Interrupt(Event, tag="control.interrupt", kw_only=True):
 
     lane: ClassVar[Lane] = Lane.CONTROL
     fenced: ClassVar[bool] = False
+    client: ClassVar[bool] = True
     reason: str = "barge_in"
 
 
@@ -259,6 +261,7 @@ class ClearBuffer(Event, tag="control.clear_buffer", kw_only=True):
 
     lane: ClassVar[Lane] = Lane.CONTROL
     fenced: ClassVar[bool] = False
+    client: ClassVar[bool] = True
 
 
 @register
@@ -280,11 +283,29 @@ class Resume(Event, tag="control.resume", kw_only=True):
 
 
 @register
+class PlaybackPosition(Event, tag="playback.position", kw_only=True):
+    """How much of reply ``turn``'s audio the client has actually played (a report).
+
+    Sent by a client (through its transport) as it plays; "heard" means played:
+    the kernel's record of what the user heard, and so the conversation's cut
+    on an interruption, follow these reports when a client sends them.
+    """
+
+    lane: ClassVar[Lane] = Lane.CONTROL
+    fenced: ClassVar[bool] = False
+    public: ClassVar[bool] = False
+    client: ClassVar[bool] = True
+    #: Milliseconds of the turn's audio played so far (a total, not an increment).
+    played_ms: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
+
+
+@register
 class Cancel(Event, tag="control.cancel", kw_only=True):
     """Cancel the reply of ``turn`` (and older): fence it, clear it, stop generating it."""
 
     lane: ClassVar[Lane] = Lane.CONTROL
     fenced: ClassVar[bool] = False
+    client: ClassVar[bool] = True
     reason: str = "cancel"
 
 

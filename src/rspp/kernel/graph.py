@@ -52,9 +52,11 @@ class NodePlan:
     policies: Mapping[str, Policy]
     #: Names of every node reachable downstream (for backpressure without deadlock).
     downstream: frozenset[str]
+    #: Restarts of a dead task before the session fails.
+    restarts: int = 0
 
     def policy(self, kind: str, default: str) -> Policy:
-        """The overload policy for ``kind`` at this node's inbox."""
+        """The overload policy for ``kind`` at this node's inbox (resolved once per kind)."""
         return self.policies.get(kind) or Policy(default)
 
 
@@ -218,6 +220,7 @@ def build(spec: PipelineSpec, registry: NodeRegistry | None = None) -> Pipeline:
                 capacity=node.queue.capacity,
                 policies=dict(node.queue.policy),
                 downstream=frozenset(_reachable(name, children)),
+                restarts=node.restarts,
             )
         )
     pipeline = Pipeline(

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["LatencyTracker", "SpeculationStats", "TurnLatency"]
+__all__ = ["LatencySnapshot", "LatencyTracker", "SpeculationStats", "TurnLatency"]
 
 _ROOTS = frozenset({"turn.commit", "turn.speculate"})
 _CRITICAL_HOPS = ("root", "llm.delta", "tts.audio")
@@ -93,6 +93,35 @@ class _Reply:
         self.emitted_perf: dict[str, int] = {}
         self.received: dict[str, int] = {}
         self.received_perf: dict[str, int] = {}
+
+
+class UserMarks(msgspec.Struct, kw_only=True):
+    """The user marks of a turn (session time, ns), in a snapshot."""
+
+    speech_end: int | None = None
+    speech_end_emit: int | None = None
+    final: int | None = None
+
+
+class ReplyMarks(msgspec.Struct, kw_only=True):
+    """One tracked reply's marks (session time, ns), in a snapshot."""
+
+    turn: int
+    root: int
+    speculative: bool
+    decided: int | None
+    user: UserMarks
+    emitted: dict[str, int]
+    received: dict[str, int]
+
+
+class LatencySnapshot(msgspec.Struct, kw_only=True):
+    """The tracker's marks, to move with a session. Real-time (perf counter) marks do not
+    move: another process's counter means nothing here, so ``kernel_us`` of a moved reply
+    counts only the hops after the move."""
+
+    user: UserMarks = msgspec.field(default_factory=UserMarks)
+    replies: list[ReplyMarks] = msgspec.field(default_factory=list)
 
 
 def _ms(a: int | None, b: int | None) -> float | None:
@@ -196,6 +225,51 @@ class LatencyTracker:
     def drop(self, turn: int) -> None:
         """Forget a reply that will never be finished (a dropped speculation)."""
         self._replies.pop(turn, None)
+
+    # -- moving a session ---------------------------------------------------------------
+
+    def snapshot(self) -> LatencySnapshot:
+        return LatencySnapshot(
+            user=_user_marks(self._user),
+            replies=[
+                ReplyMarks(
+                    turn=turn,
+                    root=r.root,
+                    speculative=r.speculative,
+                    decided=r.decided,
+                    user=_user_marks(r.user),
+                    emitted=dict(r.emitted),
+                    received=dict(r.received),
+                )
+                for turn, r in self._replies.items()
+            ],
+        )
+
+    def restore(self, snap: LatencySnapshot) -> None:
+        self._user = _user_from(snap.user)
+        self._replies = {}
+        for marks in snap.replies:
+            reply = _Reply(marks.root, marks.speculative, _user_from(marks.user))
+            reply.decided = marks.decided
+            reply.emitted = dict(marks.emitted)
+            reply.received = dict(marks.received)
+            self._replies[marks.turn] = reply
+
+
+def _user_marks(user: _User) -> UserMarks:
+    return UserMarks(
+        speech_end=user.speech_end, speech_end_emit=user.speech_end_emit, final=user.final
+    )
+
+
+def _user_from(marks: UserMarks) -> _User:
+    user = _User()
+    user.speech_end, user.speech_end_emit, user.final = (
+        marks.speech_end,
+        marks.speech_end_emit,
+        marks.final,
+    )
+    return user
 
 
 class SpeculationStats(msgspec.Struct, kw_only=True):

@@ -28,6 +28,26 @@ Optionally: ``async def run()`` is a long-lived body (a playout clock, a
 connection) owned by the session and cancelled when it closes; ``close()``
 releases resources once the session is over; and ``snapshot()``/``restore()``
 move the node's state between processes.
+
+What a node emits belongs to the reply of its *cause* (see
+:mod:`rspp.kernel.runner`): the event it is handling, or the one it passes to
+``emit``. Reply output (a fenced kind) emitted with no cause and no ``turn``
+-- from ``run()``, or a thread that did not inherit the handler's context --
+is dropped by the kernel and reported: name the cause.
+
+Moving a session. ``snapshot()`` returns an instance of the node's ``State``
+type (a msgspec Struct; the kernel refuses untyped state) and ``restore()``
+gets one back, validated, before any event is handled; deadlines in it are in
+session time, which carries across the move (re-arm timers with
+``ctx.call_at``). A snapshot can be taken at any instant, so a queued node may
+be in the middle of an event: after the restore that event is handed to the
+node again, first. A node that sets ``resumable = True`` keeps in its State
+how far it got with it (count an item as done *before* yielding it) and
+continues from there; the kernel assumes any other node would start over, so
+when such a node was in the middle of a reply, the restored session ends that
+reply where the user stopped hearing it (``turn.interrupted``, reason
+``moved``) rather than let it be heard twice. Input events (not fenced) are
+handed again to every node: handling one twice must be harmless.
 """
 
 from __future__ import annotations
@@ -43,7 +63,8 @@ from rspp.events import Event
 
 if TYPE_CHECKING:
     from rspp.kernel.conversation import Conversation
-    from rspp.kernel.session import Sink, Timer
+    from rspp.kernel.sinks import Sink
+    from rspp.kernel.timers import Timer
 
 __all__ = ["Node", "NodeConfig", "NodeContext"]
 
@@ -73,9 +94,10 @@ class NodeContext(Protocol):
     def emit(self, event: Event, cause: Event | None = None) -> None:
         """Emit ``event``; header fields left at 0 are taken from ``cause``.
 
-        ``cause`` defaults to the event the node is handling; outside a handler
-        (``run()``, a timer) an event without a cause gets the session's current
-        turn and the current time.
+        ``cause`` defaults to the event the node is handling (in a timer callback:
+        the event it was handling when it armed the timer). With no cause at all
+        (``run()``), facts get the current turn and time, and reply output must
+        set ``turn`` or it is dropped.
         """
         ...
 
@@ -84,12 +106,17 @@ class NodeContext(Protocol):
     ) -> Timer | None:
         """Run ``callback(*args)`` after ``delay_s``; the session cancels it when it closes.
 
-        Returns a handle to cancel it earlier (None once the session has stopped).
+        The callback runs with the event being handled now as its cause. Returns
+        a handle to cancel it earlier (None once the session has stopped).
         """
         ...
 
+    def call_at(self, when_ns: int, callback: Callable[..., object], *args: Any) -> Timer | None:
+        """Like :meth:`call_later`, at session time ``when_ns`` (for deadlines in a State)."""
+        ...
+
     def now_ns(self) -> int:
-        """The session clock (monotonic, or virtual under ``rspp.testing.VirtualClock``)."""
+        """Session time (the loop's clock, carried across moves; virtual under VirtualClock)."""
         ...
 
     def is_fenced(self, turn: int) -> bool:
@@ -132,6 +159,11 @@ class Node(Generic[C]):
     controls: ClassVar[tuple[str, ...]] = ()
     #: The config schema (a msgspec Struct); specs are validated against it.
     Config: ClassVar[type[NodeConfig]] = NodeConfig
+    #: The type of what :meth:`snapshot` returns (a msgspec Struct); None: stateless.
+    State: ClassVar[type[msgspec.Struct] | None] = None
+    #: Whether the node can continue an event it was in the middle of when a snapshot
+    #: was taken (its State says how far it got). See the module docstring.
+    resumable: ClassVar[bool] = False
 
     # Set by __init_subclass__: how the runtime drives this type.
     streaming: ClassVar[bool] = False
@@ -189,11 +221,11 @@ class Node(Generic[C]):
         """
 
     def snapshot(self) -> Any:
-        """The node's resumable state, msgpack-encodable. None if stateless."""
+        """The node's state, an instance of :attr:`State`; None if there is nothing to move."""
         return None
 
     def restore(self, state: Any) -> None:
-        """Restore what :meth:`snapshot` returned (called before any event is handled)."""
+        """Take back what :meth:`snapshot` returned (validated; before any event is handled)."""
 
     # -- conveniences ----------------------------------------------------------------
 

@@ -6,38 +6,66 @@ and a worker task that handles one event at a time; for ``stream`` nodes it
 pulls the async generator, emitting each item, and stops pulling the moment
 the turn it works for is fenced. The runner is also the node's
 :class:`~rspp.kernel.node.NodeContext`.
+
+The cause of an emission
+------------------------
+What a node emits takes its turn and origin time from its *cause*: the event
+passed to ``emit``, or by default the event the node is handling. "Handling"
+is tracked per execution context, so it is right on every path:
+
+* inside ``on_event``/``on_control``/a timer callback: that event (a timer's
+  cause is the event being handled when it was armed);
+* inside a queued node's handler (``stream`` or queued ``on_event``), and in
+  anything that inherits the handler's ``contextvars`` context -- a callback
+  it schedules with ``loop.call_soon``, a thread started with
+  ``asyncio.to_thread`` that hands results back: the event being handled;
+* in a ``run()`` body, or in a callback from a thread that did not inherit the
+  context: nothing. Reply output emitted there must name its turn (``turn=``)
+  or its cause, or the kernel drops it (``no_reply``): it cannot tell which
+  reply it belongs to, and guessing would let output of an interrupted reply
+  leak into the next one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rspp.events import Event
-from rspp.kernel.inbox import Inbox, PutResult
+from rspp.kernel.inbox import ACCEPTED, Inbox
 from rspp.kernel.node import Node
 from rspp.kernel.spec import INPUT, Policy
 
 if TYPE_CHECKING:
     from rspp.kernel.conversation import Conversation
     from rspp.kernel.graph import NodePlan
-    from rspp.kernel.session import Session, Sink, Timer
+    from rspp.kernel.session import Session
+    from rspp.kernel.sinks import Sink
+    from rspp.kernel.timers import Timer
 
-__all__ = ["NodeRunner"]
+__all__ = ["CAUSE", "NodeRunner"]
 
-_ACCEPTED = (PutResult.QUEUED, PutResult.OVERFULL)
+#: The event being handled in this execution context (see the module docstring).
+CAUSE: contextvars.ContextVar[Event | None] = contextvars.ContextVar("rspp_cause", default=None)
+
+#: Kinds with which a node ends its part of a reply (a failure after one does not fail it).
+_PART_DONE = frozenset({"llm.done", "tts.done"})
 
 
 class NodeRunner:
     """Drives one node for one session (or, with ``plan=None``, stands for the ingress)."""
 
     __slots__ = (
+        "_current",
         "_downstream_queued",
+        "_emit",
         "_fence_cancel",
         "_log",
-        "current",
+        "_part_done",
+        "in_flight",
         "inbox",
         "name",
         "node",
@@ -57,16 +85,20 @@ class NodeRunner:
         self.routes: dict[str, tuple[NodeRunner, ...]] = {}
         self.sink_target: Sink | None = None
         self.inbox: Inbox | None = None
-        self.current: Event | None = None
+        #: The event a queued node is handling (what a snapshot calls in flight).
+        self.in_flight: Event | None = None
         self.task: asyncio.Task[None] | None = None
+        self._current: Event | None = None  # the event of a synchronous handler in progress
         self._fence_cancel = False
+        self._part_done = False
         self._downstream_queued: tuple[NodeRunner, ...] = ()
+        self._emit = session.emission.emit
         if plan is not None and plan.queued:
-            self.inbox = Inbox(plan.capacity, self._policy_for)
+            self.inbox = Inbox(plan.capacity, self._resolve)
 
-    def _policy_for(self, event: Event) -> Policy:
+    def _resolve(self, kind: str, default: str) -> Policy:
         assert self.plan is not None
-        return self.plan.policy(event.kind, event.overload)
+        return self.plan.policy(kind, default)
 
     def bind(self, runners: dict[str, NodeRunner]) -> None:
         """Resolve static routes and the queued nodes downstream (after all runners exist)."""
@@ -93,20 +125,42 @@ class NodeRunner:
         inbox = self.inbox
         if inbox is not None:
             result = inbox.put(event)
-            if result not in _ACCEPTED:
-                self.session.count_drop(self.name, event.kind, result)
+            if result not in ACCEPTED:
+                self.session.dropped(self, event, result)
             return
         session = self.session
         if event.__class__.milestone:
             session.mark_received(event)
-        previous = self.current
-        self.current = event
+        previous = self._current
+        self._current = event
         try:
             self.node.on_event(event)  # type: ignore[union-attr]
         except Exception as exc:
             session.node_failed(self, event, exc)
         finally:
-            self.current = previous
+            self._current = previous
+
+    def control(self, event: Event) -> None:
+        """A control event of a kind the node listens for (synchronous, contained)."""
+        previous = self._current
+        self._current = event
+        try:
+            self.node.on_control(event)  # type: ignore[union-attr]
+        except Exception as exc:
+            self.session.node_failed(self, event, exc)
+        finally:
+            self._current = previous
+
+    def call_as(self, cause: Event | None, callback: Callable[..., object], args: Any) -> None:
+        """Run a timer callback as this node, with ``cause`` as what it is handling."""
+        previous = self._current
+        self._current = cause
+        try:
+            callback(*args)
+        except Exception as exc:
+            self.session.node_failed(self, cause, exc)
+        finally:
+            self._current = previous
 
     # -- the worker of a queued node ------------------------------------------------------
 
@@ -116,51 +170,64 @@ class NodeRunner:
         node = self.node
         assert inbox is not None and node is not None
         session = self.session
+        turns = session.turns
         task = asyncio.current_task()
         assert task is not None
         streaming = node.streaming
         while True:
             event = await inbox.get()
             cls = event.__class__
-            if cls.fenced and event.turn <= session.fence:
+            if cls.fenced and event.turn <= turns.fence:
                 session.count_drop(self.name, event.kind, "fenced")
                 continue
             if cls.milestone:
                 session.mark_received(event)
-            self.current = event
+            self.in_flight = event
+            self._part_done = False
+            token = CAUSE.set(event)
             try:
                 if streaming:
                     await self._pull(node, event)
                 else:
                     node.on_event(event)
             except asyncio.CancelledError:
-                if not self._fence_cancel:
-                    raise
-                self._fence_cancel = False
-                if task.uncancel() > 0 or session.closing:
-                    raise
+                if self._fence_cancel:
+                    self._fence_cancel = False
+                    if task.uncancel() > 0 or session.stopping:
+                        raise
+                elif task.cancelling() > 0:
+                    raise  # this task is being cancelled: the session closes, or a foreign cancel
+                else:  # the node's own code raised CancelledError: a failure of this event
+                    session.node_failed(
+                        self, event, RuntimeError("the handler raised CancelledError by itself")
+                    )
             except Exception as exc:
-                session.node_failed(self, event, exc)
+                session.node_failed(self, event, exc, part_done=self._part_done)
             finally:
-                self.current = None
+                CAUSE.reset(token)
+                self.in_flight = None
             if self._fence_cancel:
                 # We asked for a cancellation and the node swallowed it; balance the request.
                 self._fence_cancel = False
-                if task.uncancel() > 0 or session.closing:
+                if task.uncancel() > 0 or session.stopping:
                     raise asyncio.CancelledError
 
     async def _pull(self, node: Node[Any], cause: Event) -> None:
         session = self.session
+        turns = session.turns
+        emit = self._emit
         agen = node.stream(cause)
         fenced_kind = cause.__class__.fenced
         try:
             async for out in agen:
-                if fenced_kind and cause.turn <= session.fence:
+                if fenced_kind and cause.turn <= turns.fence:
                     # The node produced an item after its turn was fenced (it ignored the
                     # cancellation). Drop it, and never pull again.
                     session.count_drop(self.name, out.kind, "fenced")
                     break
-                session.emit(self, out, cause)
+                if out.kind in _PART_DONE:
+                    self._part_done = True
+                emit(self, out, cause)
                 for target in self._downstream_queued:
                     if target.inbox.full:  # type: ignore[union-attr]
                         await target.inbox.wait_space()  # type: ignore[union-attr]
@@ -170,11 +237,11 @@ class NodeRunner:
                 if aclose is not None:
                     await aclose()
             except RuntimeError as exc:  # "async generator ignored GeneratorExit"
-                session.node_failed(self, cause, exc)
+                session.node_failed(self, cause, exc, part_done=True)
 
     def cancel_if_fenced(self, fence: int) -> None:
         """Cancel the in-flight handler if it works for a fenced turn (called by the kernel)."""
-        current = self.current
+        current = self.in_flight
         task = self.task
         if (
             current is None
@@ -199,21 +266,34 @@ class NodeRunner:
         return self._log
 
     def emit(self, event: Event, cause: Event | None = None) -> None:
-        self.session.emit(self, event, cause if cause is not None else self.current)
+        if cause is None:
+            cause = self._current
+            if cause is None:
+                cause = CAUSE.get()
+        self._emit(self, event, cause)
 
     def call_later(
         self, delay_s: float, callback: Callable[..., object], *args: Any
     ) -> Timer | None:
-        return self.session.call_later(self, delay_s, callback, args)
+        session = self.session
+        when = session.clock.now_ns() + max(0, round(delay_s * 1e9))
+        return session.timers.call_at(self, when, callback, args, self._cause())
+
+    def call_at(self, when_ns: int, callback: Callable[..., object], *args: Any) -> Timer | None:
+        return self.session.timers.call_at(self, when_ns, callback, args, self._cause())
+
+    def _cause(self) -> Event | None:
+        cause = self._current
+        return cause if cause is not None else CAUSE.get()
 
     def now_ns(self) -> int:
-        return self.session.now_ns()
+        return self.session.clock.now_ns()
 
     def is_fenced(self, turn: int) -> bool:
-        return turn <= self.session.fence
+        return turn <= self.session.turns.fence
 
     def is_held(self, turn: int) -> bool:
-        return turn == self.session.turns.held
+        return turn != 0 and turn == self.session.turns.held
 
     @property
     def conversation(self) -> Conversation:

@@ -19,13 +19,22 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from rspp.kernel.errors import BuildError
 
-__all__ = ["INPUT", "AudioSpec", "NodeSpec", "PipelineSpec", "Policy", "QueueSpec", "load_spec"]
+__all__ = [
+    "INPUT",
+    "AudioSpec",
+    "NodeSpec",
+    "PipelineSpec",
+    "Policy",
+    "QueueSpec",
+    "ReplySpec",
+    "load_spec",
+]
 
 #: The reserved node name of the session ingress (what transports push into).
 INPUT = "input"
@@ -68,6 +77,15 @@ class AudioSpec(_Spec):
     channels: int = 1
 
 
+class ReplySpec(_Spec):
+    """How the kernel watches over replies."""
+
+    #: A committed reply whose output makes no progress for this long (not paused) is
+    #: ended by the kernel, reason ``stalled``; 0 turns the deadline off. Longer than the
+    #: provider adapters' own first-token timeouts, so that they report their failures.
+    no_progress_ms: Annotated[float, msgspec.Meta(ge=0.0)] = 20_000.0
+
+
 class NodeSpec(_Spec):
     """One node: its name, registered type, config, upstream nodes and optional sink."""
 
@@ -80,6 +98,9 @@ class NodeSpec(_Spec):
     #: Run behind an inbox in its own task (None: the node type decides).
     queued: bool | None = None
     queue: QueueSpec = msgspec.field(default_factory=QueueSpec)
+    #: How many times the kernel restarts the node's task (its worker, or its ``run()``)
+    #: after it dies unexpectedly, before it fails the whole session instead.
+    restarts: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class PipelineSpec(_Spec):
@@ -89,6 +110,7 @@ class PipelineSpec(_Spec):
     nodes: list[NodeSpec]
     version: int = 1
     audio: AudioSpec = msgspec.field(default_factory=AudioSpec)
+    reply: ReplySpec = msgspec.field(default_factory=ReplySpec)
     #: Kinds the ingress may produce (what transports push).
     input: list[str] = msgspec.field(default_factory=lambda: ["audio.in"])
 

@@ -19,8 +19,13 @@ decided yet) and ``control.resume`` continues from the same frame.
 When the last frame of a turn that TTS declared done has finished playing
 (its send time plus its duration, so a barge-in during the last frame still
 counts), the node emits ``turn.done``. With ``lead_ms`` > 0 the client holds up
-to that much audio not yet played: it counts as delivered, and the client drops
-it on ``control.clear_buffer``.
+to that much audio not yet played: it counts as delivered unless the client
+reports playback, and the client drops it on ``control.clear_buffer``.
+
+Moving a session: the State carries the unplayed frames (audio and the words
+they voice), the end-of-reply markers, the pacing (when the next frame is
+due, in session time) and whether the output is paused, so a restored session
+plays on from the very frame it had reached.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import asyncio
 from collections import deque
 from typing import Annotated, Any, ClassVar
 
+import msgspec
 from msgspec import Meta
 
 from rspp.events import (
@@ -43,9 +49,10 @@ from rspp.events import (
     TurnDone,
 )
 from rspp.kernel.node import Node, NodeConfig
+from rspp.kernel.timers import Timer
 from rspp.nodes.text import spread_words
 
-__all__ = ["AudioOutput"]
+__all__ = ["AudioOutput", "AudioOutputState"]
 
 #: A frame this close to its time is sent now (loop time is a float: waiting for the
 #: exact nanosecond could spin).
@@ -61,6 +68,15 @@ class AudioOutputConfig(NodeConfig):
     max_buffer_ms: Annotated[float, Meta(gt=0.0)] = 120_000.0
 
 
+class AudioOutputState(msgspec.Struct, kw_only=True):
+    """What the output moves with a session."""
+
+    buffer: list[AudioOut | TtsDone]
+    next_ns: int
+    paused: bool
+    sent_ns: dict[int, int]
+
+
 class AudioOutput(Node[AudioOutputConfig]):
     """Buffers ``tts.audio``, releases ``audio.out`` frames in real time."""
 
@@ -73,6 +89,7 @@ class AudioOutput(Node[AudioOutputConfig]):
         "turn.confirm",
     )
     Config = AudioOutputConfig
+    State = AudioOutputState
 
     def __init__(self, config: AudioOutputConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
@@ -160,7 +177,7 @@ class AudioOutput(Node[AudioOutputConfig]):
             item = self._buffer[0]
             if isinstance(item, TtsDone):
                 if self._next_ns - now > _SLACK_NS:  # the last frame is still playing
-                    await self._sleep(loop, self._next_ns / 1e9)
+                    await self._sleep(loop, self._next_ns)
                     continue
                 self._buffer.popleft()
                 sent = self._sent_ns.pop(item.turn, 0)
@@ -168,7 +185,7 @@ class AudioOutput(Node[AudioOutputConfig]):
                 continue
             due = max(self._next_ns, now)
             if due - lead_ns - now > _SLACK_NS:
-                await self._sleep(loop, (due - lead_ns) / 1e9)
+                await self._sleep(loop, due - lead_ns)
                 continue  # the buffer may have changed while we slept
             self._buffer.popleft()
             self._buffered_ns -= item.duration_ns
@@ -176,18 +193,37 @@ class AudioOutput(Node[AudioOutputConfig]):
             self._next_ns = due + item.duration_ns
             self.emit(item, item)
 
-    async def _sleep(self, loop: asyncio.AbstractEventLoop, at: float | None) -> None:
-        """Sleep until loop time ``at`` (forever if None) or until the buffer changes."""
+    async def _sleep(self, loop: asyncio.AbstractEventLoop, at_ns: int | None) -> None:
+        """Sleep until session time ``at_ns`` (forever if None) or until the buffer changes."""
         waiter = self._waiter = loop.create_future()
-        handle = loop.call_at(at, self._wake) if at is not None else None
+        timer: Timer | None = None
+        if at_ns is not None:
+            timer = self.ctx.call_at(at_ns, self._wake)
         try:
             await waiter
         finally:
             self._waiter = None
-            if handle is not None:
-                handle.cancel()
+            if timer is not None:
+                timer.cancel()
 
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    # -- moving a session ----------------------------------------------------------------
+
+    def snapshot(self) -> AudioOutputState:
+        return AudioOutputState(
+            buffer=list(self._buffer),
+            next_ns=self._next_ns,
+            paused=self.paused,
+            sent_ns=dict(self._sent_ns),
+        )
+
+    def restore(self, state: AudioOutputState) -> None:
+        self._buffer = deque(state.buffer)
+        self._buffered_ns = sum(f.duration_ns for f in state.buffer if isinstance(f, AudioOut))
+        self._next_ns = state.next_ns
+        self.paused = state.paused
+        self._sent_ns = dict(state.sent_ns)

@@ -80,6 +80,15 @@ class TextChunker:
         """Text pushed but not yet released."""
         return self._buffer
 
+    @property
+    def started(self) -> bool:
+        """Whether a piece of the current reply has been released."""
+        return not self._first
+
+    def resume(self, pending: str, *, started: bool) -> None:
+        """Take back the state of a chunker that was moved (``pending``, ``started``)."""
+        self._buffer, self._scan, self._first = pending, 0, not started
+
     def _next_cut(self) -> int | None:
         buf = self._buffer
         ends = _SENTENCE_END if self.mode == "sentence" else _SENTENCE_END | _CLAUSE_END

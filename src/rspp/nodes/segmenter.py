@@ -18,12 +18,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
+import msgspec
 from msgspec import Meta
 
 from rspp.events import Event, Interrupt, TurnStart, VadSpeechEnd, VadSpeechStart
 from rspp.kernel.node import Node, NodeConfig
 
-__all__ = ["SegmentingVad", "SpeechEnded", "SpeechSegmenter", "SpeechStarted", "VadNodeConfig"]
+__all__ = [
+    "SegmenterState",
+    "SegmentingVad",
+    "SpeechEnded",
+    "SpeechSegmenter",
+    "SpeechStarted",
+    "VadNodeConfig",
+    "VadState",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +44,15 @@ class SpeechStarted:
 class SpeechEnded:
     origin_ns: int  # the first audio of the silence that ended it
     speech_ms: float
+
+
+class SegmenterState(msgspec.Struct, array_like=True):
+    """A segmenter's state (times in session time)."""
+
+    speaking: bool
+    run_ns: int
+    run_origin: int
+    speech_origin: int
 
 
 class SpeechSegmenter:
@@ -71,19 +89,14 @@ class SpeechSegmenter:
             return SpeechEnded(self._run_origin, (self._run_origin - self._speech_origin) / 1e6)
         return None
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "speaking": self.speaking,
-            "run_ns": self._run_ns,
-            "run_origin": self._run_origin,
-            "speech_origin": self._speech_origin,
-        }
+    def snapshot(self) -> SegmenterState:
+        return SegmenterState(self.speaking, self._run_ns, self._run_origin, self._speech_origin)
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.speaking = bool(state["speaking"])
-        self._run_ns = int(state["run_ns"])
-        self._run_origin = int(state["run_origin"])
-        self._speech_origin = int(state["speech_origin"])
+    def restore(self, state: SegmenterState) -> None:
+        self.speaking = state.speaking
+        self._run_ns = state.run_ns
+        self._run_origin = state.run_origin
+        self._speech_origin = state.speech_origin
 
 
 class VadNodeConfig(NodeConfig):
@@ -97,11 +110,18 @@ class VadNodeConfig(NodeConfig):
     interrupt: bool = True
 
 
+class VadState(msgspec.Struct, kw_only=True):
+    """What a VAD node moves with a session (subclasses add what their classifier keeps)."""
+
+    segmenter: SegmenterState
+
+
 class SegmentingVad(Node[Any]):
     """Base of VAD nodes: owns the segmenter and emits its decisions."""
 
     consumes: ClassVar[tuple[str, ...]] = ("audio.in",)
     produces: ClassVar[tuple[str, ...]] = ("vad.speech_start", "vad.speech_end", "turn.start")
+    State: ClassVar[type[msgspec.Struct] | None] = VadState
 
     def __init__(self, config: VadNodeConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
@@ -126,7 +146,7 @@ class SegmentingVad(Node[Any]):
         return []
 
     def snapshot(self) -> Any:
-        return self.segmenter.snapshot()
+        return VadState(segmenter=self.segmenter.snapshot())
 
     def restore(self, state: Any) -> None:
-        self.segmenter.restore(state)
+        self.segmenter.restore(state.segmenter)

@@ -34,9 +34,9 @@ class EspeakTtsNode(ChunkedTts):
         super().__init__(config, ctx)
         self.engine = EspeakTts(config.voice, config.words_per_minute)
 
-    async def synthesize(self, text: str, turn: int) -> AsyncIterator[TtsAudio]:
+    async def synthesize(self, text: str, turn: int, skip: int = 0) -> AsyncIterator[TtsAudio]:
         cfg = self.config
         pcm = await run_blocking(self.engine.synthesize, text)
         pcm = resample_pcm16(pcm, self.engine.native_rate, cfg.sample_rate)
-        for chunk in audio_chunks(pcm, text, cfg.sample_rate, cfg.chunk_ms):
+        for chunk in audio_chunks(pcm, text, cfg.sample_rate, cfg.chunk_ms, skip):
             yield chunk

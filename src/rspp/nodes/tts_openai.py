@@ -77,7 +77,7 @@ class WordPacer:
     """Hands out a piece's words as its audio streams in, before its length is known.
 
     Sans I/O. :meth:`take` is told the length of each chunk and returns the
-    words due by its end (as :func:`~rspp.nodes.text.spread_words` would
+    words that end by its end (as :func:`~rspp.nodes.text.spread_words` would
     place them if the piece lasted ``expected_ns``), keeping the last word
     back; :meth:`rest` returns what is left, for the last chunk.
     """
@@ -94,7 +94,7 @@ class WordPacer:
         """The words of the next chunk, which lasts ``duration_ns``."""
         self._heard_ns += duration_ns
         n = len(self._words)
-        due = min(n - 1, -(-n * self._heard_ns // self.expected_ns))
+        due = min(n - 1, n * self._heard_ns // self.expected_ns)
         if due <= self._given:
             return ""
         words = "".join(self._words[self._given : due])
@@ -153,8 +153,9 @@ class OpenAiTts(ChunkedTts):
             yield TtsDone()  # the audio sent plays out and the turn ends (module doc)
             raise
 
-    async def synthesize(self, text: str, turn: int) -> AsyncIterator[TtsAudio]:
+    async def synthesize(self, text: str, turn: int, skip: int = 0) -> AsyncIterator[TtsAudio]:
         cfg = self.config
+        index = 0  # chunks made; the first ``skip`` went out before the session moved
         rate = cfg.sample_rate
         step = max(2, int(rate * cfg.chunk_ms / 1000) * 2)
         chars = len(text.strip())
@@ -170,8 +171,10 @@ class OpenAiTts(ChunkedTts):
                     chunk = bytes(pending[:step])
                     del pending[:step]
                     words = pacer.take(len(chunk) * 500_000_000 // rate)
-                    yield TtsAudio(pcm=chunk, sample_rate=rate, text=words)
-        if pending:
+                    index += 1
+                    if index > skip:
+                        yield TtsAudio(pcm=chunk, sample_rate=rate, text=words)
+        if pending and index >= skip:
             yield TtsAudio(pcm=bytes(pending), sample_rate=rate, text=pacer.rest())
         if chars >= 10 and total:
             measured = total * 500_000_000 / rate / chars

@@ -40,10 +40,10 @@ class PiperTtsNode(ChunkedTts):
         super().__init__(config, ctx)
         self.voice = PiperTts()
 
-    async def synthesize(self, text: str, turn: int) -> AsyncIterator[TtsAudio]:
+    async def synthesize(self, text: str, turn: int, skip: int = 0) -> AsyncIterator[TtsAudio]:
         cfg = self.config
         pcm = await run_blocking(
             self.voice.synthesize, text, sample_rate=cfg.sample_rate, length_scale=cfg.length_scale
         )
-        for chunk in audio_chunks(pcm, text, cfg.sample_rate, cfg.chunk_ms):
+        for chunk in audio_chunks(pcm, text, cfg.sample_rate, cfg.chunk_ms, skip):
             yield chunk

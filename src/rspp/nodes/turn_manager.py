@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import msgspec
-
 from rspp.dialog import manager as m
 from rspp.dialog.policy import TurnPolicy
 from rspp.dialog.predictor import load_predictor
@@ -32,7 +30,7 @@ from rspp.events import (
     VadSpeechStart,
 )
 from rspp.kernel.node import Node
-from rspp.kernel.session import Timer
+from rspp.kernel.timers import Timer
 
 __all__ = ["TurnManagerConfig", "TurnManagerNode"]
 
@@ -59,6 +57,7 @@ class TurnManagerNode(Node[TurnManagerConfig]):
     produces: ClassVar[tuple[str, ...]] = ("turn.commit", "turn.speculate")
     controls: ClassVar[tuple[str, ...]] = ("turn.done", "turn.interrupted")
     Config = TurnManagerConfig
+    State = m.ManagerSnapshot
 
     def __init__(self, config: TurnManagerConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
@@ -117,16 +116,16 @@ class TurnManagerNode(Node[TurnManagerConfig]):
             self._timer = None
         self._timer_at = deadline
         if deadline is not None:
-            delay = max(0, deadline - self.ctx.now_ns()) / 1e9
-            self._timer = self.ctx.call_later(delay, self._fire)
+            self._timer = self.ctx.call_at(deadline, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
         self._timer_at = None
         self._run(self.manager.timeout(self.ctx.now_ns()), None)
 
-    def snapshot(self) -> Any:
-        return msgspec.to_builtins(self.manager.snapshot())
+    def snapshot(self) -> m.ManagerSnapshot:
+        return self.manager.snapshot()
 
-    def restore(self, state: Any) -> None:
-        self.manager.restore(msgspec.convert(state, m.ManagerSnapshot))
+    def restore(self, state: m.ManagerSnapshot) -> None:
+        self.manager.restore(state)
+        self._arm()  # its deadline is in session time, which carried across the move

@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, ClassVar
 
+import msgspec
 from msgspec import Meta
 
 from rspp.events import (
@@ -121,12 +122,32 @@ class FakeAsrConfig(NodeConfig):
         _check_profile("final_ms", self.final_ms, 0.0)
 
 
+class PendingFinal(msgspec.Struct, array_like=True):
+    """A final transcript due at ``due_ns`` (session time), for the turn and origin of its cause."""
+
+    due_ns: int
+    text: str
+    turn: int
+    origin_ns: int
+
+
+class FakeAsrState(msgspec.Struct, kw_only=True):
+    next_utterance: int
+    final_text: str
+    words: list[str]
+    speech_ns: int
+    shown: int
+    active: bool
+    finals: list[PendingFinal]
+
+
 class FakeAsr(Node[FakeAsrConfig]):
     """Streaming ASR stand-in: partials as speech audio arrives, a final after speech ends."""
 
     consumes: ClassVar[tuple[str, ...]] = ("audio.in", "vad.speech_start", "vad.speech_end")
     produces: ClassVar[tuple[str, ...]] = ("asr.partial", "asr.final")
     Config = FakeAsrConfig
+    State = FakeAsrState
 
     def __init__(self, config: FakeAsrConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
@@ -136,6 +157,7 @@ class FakeAsr(Node[FakeAsrConfig]):
         self._speech_ns = 0
         self._shown = 0
         self._active = False
+        self._finals: list[PendingFinal] = []  # due, in order
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, AudioIn):
@@ -157,8 +179,10 @@ class FakeAsr(Node[FakeAsrConfig]):
             self._active = False
             text = self._final_text
             cfg = self.config
-            delay_ms = draw(cfg.final_ms, cfg.seed, text)
-            self.ctx.call_later(delay_ms / 1000, self._final, text, event)
+            delay_ns = round(draw(cfg.final_ms, cfg.seed, text) * 1e6)
+            final = PendingFinal(self.ctx.now_ns() + delay_ns, text, event.turn, event.origin_ns)
+            self._finals.append(final)
+            self.ctx.call_at(final.due_ns, self._final, final)
 
     def _partial(self) -> None:
         shown = min(len(self._words), math.ceil(self._speech_ns / 1e9 * self.config.words_per_s))
@@ -171,14 +195,32 @@ class FakeAsr(Node[FakeAsrConfig]):
                 )
             )
 
-    def _final(self, text: str, cause: Event) -> None:
-        self.emit(AsrFinal(text=text), cause)
+    def _final(self, final: PendingFinal) -> None:
+        if final in self._finals:
+            self._finals.remove(final)
+        self.emit(AsrFinal(text=final.text, turn=final.turn, origin_ns=final.origin_ns))
 
-    def snapshot(self) -> Any:
-        return {"next_utterance": self.next_utterance}
+    def snapshot(self) -> FakeAsrState:
+        return FakeAsrState(
+            next_utterance=self.next_utterance,
+            final_text=self._final_text,
+            words=list(self._words),
+            speech_ns=self._speech_ns,
+            shown=self._shown,
+            active=self._active,
+            finals=list(self._finals),
+        )
 
-    def restore(self, state: Any) -> None:
-        self.next_utterance = int(state["next_utterance"])
+    def restore(self, state: FakeAsrState) -> None:
+        self.next_utterance = state.next_utterance
+        self._final_text = state.final_text
+        self._words = list(state.words)
+        self._speech_ns = state.speech_ns
+        self._shown = state.shown
+        self._active = state.active
+        self._finals = list(state.finals)
+        for final in self._finals:  # the deadlines are in session time: re-arm them
+            self.ctx.call_at(final.due_ns, self._final, final)
 
 
 # --------------------------------------------------------------------------- LLM
@@ -193,10 +235,19 @@ class FakeLlmStream:
     """
 
     def __init__(
-        self, text: str, *, turn: int, ttft_s: float, interval_s: float, ignore_cancel: bool
+        self,
+        text: str,
+        *,
+        turn: int,
+        ttft_s: float,
+        interval_s: float,
+        ignore_cancel: bool,
+        start: int = 0,
     ) -> None:
         self.tokens: list[str] = _TOKEN.findall(text)
         self.turn = turn
+        #: The first token to produce (a resumed request skips what was produced before).
+        self.start = start
         self.ttft_s = ttft_s
         self.interval_s = interval_s
         self.ignore_cancel = ignore_cancel
@@ -211,10 +262,10 @@ class FakeLlmStream:
         return self
 
     async def __anext__(self) -> str:
-        index = len(self.produced)
+        index = self.start + len(self.produced)
         if self.closed or index >= len(self.tokens):
             raise StopAsyncIteration
-        if await _work(self.ttft_s if index == 0 else self.interval_s, self.ignore_cancel):
+        if await _work(self.ttft_s if not self.produced else self.interval_s, self.ignore_cancel):
             self.ignored_cancels += 1
         if self.closed:  # closed by someone else while we were computing
             raise StopAsyncIteration
@@ -258,18 +309,37 @@ def normalize(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
 
 
+class LlmWork(msgspec.Struct, kw_only=True):
+    """A request in progress: the reply chosen, how many tokens went out, and the end."""
+
+    seq: int
+    turn: int
+    text: str
+    emitted: int = 0
+    ended: bool = False
+
+
+class FakeLlmState(msgspec.Struct, kw_only=True):
+    replies_started: int
+    work: LlmWork | None = None
+
+
 class FakeLlm(Node[FakeLlmConfig]):
     """LLM stand-in: streams a scripted reply as ``llm.delta`` tokens, then ``llm.done``.
 
     It answers reply roots, committed or speculative, and records the prompt it
     was given (the session's conversation history plus the user's words), so tests
-    can check what context a model would have seen.
+    can check what context a model would have seen. It is resumable: after a
+    move it continues the reply from the next token (after the first-token delay
+    of a new request, as a real provider would).
     """
 
     consumes: ClassVar[tuple[str, ...]] = ("turn.commit",)
     accepts: ClassVar[tuple[str, ...]] = ("turn.speculate",)
     produces: ClassVar[tuple[str, ...]] = ("llm.delta", "llm.done")
     Config = FakeLlmConfig
+    State = FakeLlmState
+    resumable = True
 
     def __init__(self, config: FakeLlmConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
@@ -282,6 +352,7 @@ class FakeLlm(Node[FakeLlmConfig]):
         self._by_text = (
             {normalize(k): v for k, v in replies.items()} if isinstance(replies, dict) else {}
         )
+        self._work: LlmWork | None = None
 
     def reply_for(self, user_text: str) -> str:
         replies = self.config.replies
@@ -294,29 +365,43 @@ class FakeLlm(Node[FakeLlmConfig]):
 
     async def stream(self, event: Event) -> AsyncIterator[Event]:
         assert isinstance(event, (TurnCommit, TurnSpeculate))
-        history = [(m.role, m.text) for m in self.ctx.conversation.history(before=event.turn)]
-        self.prompts.append((event.turn, [*history, ("user", event.text)]))
-        text = self.reply_for(event.text)
-        self.replies_started += 1
+        work = self._work
+        if work is None or work.seq != event.seq:
+            history = [(m.role, m.text) for m in self.ctx.conversation.history(before=event.turn)]
+            self.prompts.append((event.turn, [*history, ("user", event.text)]))
+            work = self._work = LlmWork(
+                seq=event.seq, turn=event.turn, text=self.reply_for(event.text)
+            )
+            self.replies_started += 1
         cfg = self.config
         provider = FakeLlmStream(
-            text,
+            work.text,
             turn=event.turn,
             ttft_s=draw(cfg.ttft_ms, cfg.seed, event.text) / 1000,
             interval_s=1 / draw(cfg.tokens_per_s, cfg.seed + 1, event.text),
             ignore_cancel=cfg.ignore_cancel,
+            start=work.emitted,
         )
         self.streams.append(provider)
         async with provider:
             async for token in provider:
+                work.emitted += 1  # counted before it leaves: a snapshot never repeats it
                 yield LlmDelta(text=token)
-        yield LlmDone()
+        if not work.ended:
+            work.ended = True
+            yield LlmDone()
+        self._work = None
 
-    def snapshot(self) -> Any:
-        return {"replies_started": self.replies_started}
+    def snapshot(self) -> FakeLlmState:
+        work = self._work
+        return FakeLlmState(
+            replies_started=self.replies_started,
+            work=None if work is None else msgspec.structs.replace(work),
+        )
 
-    def restore(self, state: Any) -> None:
-        self.replies_started = int(state["replies_started"])
+    def restore(self, state: FakeLlmState) -> None:
+        self.replies_started = state.replies_started
+        self._work = state.work
 
 
 # --------------------------------------------------------------------------- TTS
@@ -357,9 +442,10 @@ class FakeTts(ChunkedTts):
         self.pieces: list[tuple[int, str]] = []
         self.ignored_cancels = 0
 
-    async def synthesize(self, text: str, turn: int) -> AsyncIterator[TtsAudio]:
+    async def synthesize(self, text: str, turn: int, skip: int = 0) -> AsyncIterator[TtsAudio]:
         cfg = self.config
-        self.pieces.append((turn, text))
+        if not skip:
+            self.pieces.append((turn, text))
         duration_ms = max(cfg.chunk_ms / 2, len(text.strip()) * cfg.ms_per_char)
         count = max(1, round(duration_ms / cfg.chunk_ms))
         chunk_ms = duration_ms / count
@@ -367,7 +453,9 @@ class FakeTts(ChunkedTts):
         rtf = draw(cfg.rtf, cfg.seed + 1, text)
         chunks = []
         for i, words in enumerate(spread_words(text, count)):
-            delay = ttfa_s if i == 0 else chunk_ms * rtf / 1000
+            if i < skip:
+                continue  # sent before the session moved
+            delay = ttfa_s if i == skip else chunk_ms * rtf / 1000
             if await _work(delay, cfg.ignore_cancel):
                 self.ignored_cancels += 1
             self.produced.append((tick(), turn))
