@@ -6,11 +6,14 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
+import msgspec
+
 from rspp.events import (
     Cancel,
     Event,
     Interrupt,
     LlmDelta,
+    LlmDone,
     TurnCommit,
     TurnConfirm,
     TurnSpeculate,
@@ -233,3 +236,254 @@ class Director(Node[NodeConfig]):
             raise ValueError(event.action)
         self.emit(made)
         self.roots.append(made)
+
+
+# --------------------------------------------------------------------------- adversaries
+# Nodes written the way users write them, including the ways that used to break the
+# kernel's guarantees: emitting from timers, run() bodies, control handlers and threads,
+# failing, swallowing or raising cancellation, hanging.
+
+
+class DebounceConfig(NodeConfig):
+    delay_ms: float = 30.0
+
+
+@registry.register("debounce")
+class Debounce(Node[DebounceConfig]):
+    """Inline: collects llm.delta text and releases it from a timer (a common trick).
+
+    The delayed delta is emitted with no explicit cause: the kernel must still know
+    which reply it belongs to (the timer's cause is the delta that armed it).
+    """
+
+    consumes: ClassVar[tuple[str, ...]] = ("llm.delta", "llm.done")
+    produces: ClassVar[tuple[str, ...]] = ("llm.delta", "llm.done")
+    Config = DebounceConfig
+
+    def __init__(self, config: DebounceConfig, ctx: Any) -> None:
+        super().__init__(config, ctx)
+        self._pending = ""
+        self._armed = False
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, LlmDelta):
+            self._pending += event.text
+            if not self._armed:
+                self._armed = True
+                self.ctx.call_later(self.config.delay_ms / 1000, self._flush)
+        else:
+            self._flush()
+            self.emit(event)
+
+    def _flush(self) -> None:
+        self._armed = False
+        if self._pending:
+            text, self._pending = self._pending, ""
+            self.emit(LlmDelta(text=text))
+
+
+@registry.register("run_emitter")
+class RunEmitter(Node[NodeConfig]):
+    """A run() body that emits reply audio with no cause and no turn, every 20 ms."""
+
+    produces: ClassVar[tuple[str, ...]] = ("tts.audio", "tts.done")
+
+    def __init__(self, config: NodeConfig, ctx: Any) -> None:
+        super().__init__(config, ctx)
+        self.emitted = 0
+
+    async def run(self) -> None:
+        from rspp.events import TtsAudio
+        from rspp.testing import tone
+
+        while True:
+            await asyncio.sleep(0.02)
+            self.emitted += 1
+            self.emit(TtsAudio(pcm=tone(20.0)))
+
+
+class ThreadConfig(NodeConfig):
+    #: "raw": a plain thread hands results back; "to_thread": asyncio.to_thread.
+    mode: str = "raw"
+
+
+@registry.register("thread_llm")
+class ThreadLlm(Node[ThreadConfig]):
+    """Inline on commits: a worker thread produces the reply and hands each piece back."""
+
+    consumes: ClassVar[tuple[str, ...]] = ("turn.commit",)
+    produces: ClassVar[tuple[str, ...]] = ("llm.delta",)
+    Config = ThreadConfig
+
+    def __init__(self, config: ThreadConfig, ctx: Any) -> None:
+        super().__init__(config, ctx)
+        self.handed_back = 0
+
+    def on_event(self, event: Event) -> None:
+        import threading
+
+        loop = asyncio.get_running_loop()
+
+        def work() -> None:
+            for word in ("one ", "two ", "three "):
+                loop.call_soon_threadsafe(self._back, word)
+
+        if self.config.mode == "raw":
+            threading.Thread(target=work).start()
+        else:
+            # to_thread copies the handler's context into the thread: the cause comes along.
+            self._job = loop.create_task(asyncio.to_thread(work))
+
+    def _back(self, word: str) -> None:
+        self.handed_back += 1
+        self.emit(LlmDelta(text=word))
+
+
+@registry.register("clear_echo")
+class ClearEcho(Node[NodeConfig]):
+    """Emits reply audio from its control handler when told to clear (it should not leak)."""
+
+    produces: ClassVar[tuple[str, ...]] = ("tts.audio",)
+    controls: ClassVar[tuple[str, ...]] = ("control.clear_buffer",)
+
+    def on_control(self, event: Event) -> None:
+        from rspp.events import TtsAudio
+        from rspp.testing import tone
+
+        self.emit(TtsAudio(pcm=tone(20.0)))
+
+
+class FlakyConfig(NodeConfig):
+    #: What each request does, in turn (cycled): "ok", "raise" (a bug, not a provider
+    #: error), "cancel" (the node raises CancelledError itself), "hang" (the provider
+    #: stops answering), "swallow" (ignores the kernel's cancellation once).
+    behaviours: list[str] = msgspec.field(default_factory=lambda: ["ok"])
+    reply: str = "All good here. Thanks for asking."
+
+
+@registry.register("flaky_llm")
+class FlakyLlm(Node[FlakyConfig]):
+    """A streaming LLM stand-in that misbehaves on purpose after its first token."""
+
+    consumes: ClassVar[tuple[str, ...]] = ("turn.commit",)
+    produces: ClassVar[tuple[str, ...]] = ("llm.delta", "llm.done")
+    Config = FlakyConfig
+
+    def __init__(self, config: FlakyConfig, ctx: Any) -> None:
+        super().__init__(config, ctx)
+        self.requests = 0
+        self.tasks: list[asyncio.Task[Any] | None] = []
+
+    async def stream(self, event: Event) -> AsyncIterator[Event]:
+        behaviours = self.config.behaviours
+        behaviour = behaviours[self.requests % len(behaviours)]
+        self.requests += 1
+        self.tasks.append(asyncio.current_task())
+        words = self.config.reply.split(" ")
+        await asyncio.sleep(0.05)
+        yield LlmDelta(text=words[0] + " ")
+        if behaviour == "raise":
+            raise KeyError("a bug in the node, not a provider error")
+        if behaviour == "cancel":
+            raise asyncio.CancelledError
+        if behaviour == "hang":
+            await asyncio.sleep(3600)
+        for word in words[1:]:
+            await asyncio.sleep(0.05)
+            yield LlmDelta(text=word + " ")
+        yield LlmDone()
+
+
+class DieConfig(NodeConfig):
+    after_ms: float = 100.0
+    #: "raise": an exception; "base": a BaseException that is not an Exception.
+    how: str = "raise"
+
+
+class Doom(BaseException):
+    """A BaseException a careless node lets out (not an Exception, not a cancellation)."""
+
+
+@registry.register("dying_run")
+class DyingRun(Node[DieConfig]):
+    """A run() body that dies after a while; counts its starts."""
+
+    Config = DieConfig
+    starts = 0
+
+    async def run(self) -> None:
+        type(self).starts += 1
+        await asyncio.sleep(self.config.after_ms / 1000)
+        if self.config.how == "base":
+            raise Doom("escaped")
+        raise RuntimeError("run() died")
+
+
+class StallConfig(NodeConfig):
+    #: How long the run() body keeps swallowing cancellation (s); inf: forever, until released.
+    for_s: float = 1.0
+
+
+@registry.register("stalling_run")
+class StallingRun(Node[StallConfig]):
+    """A run() body that swallows cancellation for a while (or until ``release`` is set)."""
+
+    Config = StallConfig
+
+    def __init__(self, config: StallConfig, ctx: Any) -> None:
+        super().__init__(config, ctx)
+        self.release = asyncio.Event()
+        self.swallowed = 0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        until: float | None = None
+        while True:
+            try:
+                if until is None:
+                    await asyncio.sleep(3600)
+                elif self.release.is_set() or loop.time() >= until:
+                    return
+                else:
+                    await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                self.swallowed += 1
+                if until is None:
+                    until = loop.time() + self.config.for_s
+
+
+@register_kind
+class Job(Event, tag="test.job", kw_only=True):
+    """Work pushed into a session (input: a fact, block policy)."""
+
+    fenced: ClassVar[bool] = False
+    n: int = 0
+
+
+class FanConfig(NodeConfig):
+    out: int = 1000
+
+
+@registry.register("fan_out")
+class FanOut(Node[FanConfig]):
+    """Inline: every job becomes ``out`` jobs at once (an inline cascade ignoring backpressure)."""
+
+    consumes: ClassVar[tuple[str, ...]] = ("test.job",)
+    produces: ClassVar[tuple[str, ...]] = ("test.job",)
+    Config = FanConfig
+
+    def on_event(self, event: Event) -> None:
+        for i in range(self.config.out):
+            self.emit(Job(n=i))
+
+
+@registry.register("shout")
+class Shout(Node[NodeConfig]):
+    """The README's example: inline, rewrites every delta in capitals."""
+
+    consumes: ClassVar[tuple[str, ...]] = ("llm.delta",)
+    produces: ClassVar[tuple[str, ...]] = ("llm.delta",)
+
+    def on_event(self, event: Event) -> None:
+        assert isinstance(event, LlmDelta)
+        self.emit(LlmDelta(text=event.text.upper()))

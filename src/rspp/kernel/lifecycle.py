@@ -96,7 +96,24 @@ class TaskOwner:
             context=self._context.copy() if self._context is not None else None,
         )
         self.tasks.append(task)
+        if what == "worker":
+            runner.task = task
+
+        def ended(task: asyncio.Task[None]) -> None:
+            # Cancelled before its first step, the supervisor never ran: do its job here.
+            if task.cancelled() and not self.stopping:
+                self._died(runner, what, body, restarts, "cancelled before it started")
+
+        task.add_done_callback(ended)
         return task
+
+    def _died(self, runner: NodeRunner, what: str, body: Body, restarts: int, problem: str) -> None:
+        self.session.task_died(runner, what, problem, restarting=restarts > 0)
+        if restarts <= 0:
+            self.session.fail(f"node {runner.name!r} {what} died: {problem!r}")
+            return
+        self.session.stats.restarts[runner.name] += 1
+        self.spawn(runner, what, body, restarts - 1)
 
     def request_stop(self) -> None:
         """Ask the owner to end every task (the synchronous part of closing is done)."""
@@ -173,7 +190,9 @@ class TaskOwner:
                 if task.cancelling():
                     task.uncancel()  # cancelled by someone other than the kernel
                 problem = "cancelled by something other than the kernel"
-            except Exception as exc:
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # an Exception, or a BaseException a node let out
                 problem = exc
             if self.stopping:
                 return

@@ -19,11 +19,13 @@ is tracked per execution context, so it is right on every path:
   anything that inherits the handler's ``contextvars`` context -- a callback
   it schedules with ``loop.call_soon``, a thread started with
   ``asyncio.to_thread`` that hands results back: the event being handled;
-* in a ``run()`` body, or in a callback from a thread that did not inherit the
-  context: nothing. Reply output emitted there must name its turn (``turn=``)
-  or its cause, or the kernel drops it (``no_reply``): it cannot tell which
-  reply it belongs to, and guessing would let output of an interrupted reply
-  leak into the next one.
+* in a ``run()`` body, in a callback from a thread that did not inherit the
+  context, or in what an *inline* handler left behind (it runs in its
+  emitter's context, and tracking it there would cost every hop a context
+  switch): nothing. Reply output emitted there must name its turn (``turn=``)
+  or its cause, or the kernel drops it (``no_reply``, reported): it cannot
+  tell which reply it belongs to, and guessing would let output of an
+  interrupted reply leak into the next one.
 """
 
 from __future__ import annotations

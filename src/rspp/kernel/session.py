@@ -174,7 +174,7 @@ class Session:
             plan = runner.plan
             assert node is not None and plan is not None
             if runner.inbox is not None:
-                runner.task = self.owner.spawn(runner, "worker", runner.work, plan.restarts)
+                self.owner.spawn(runner, "worker", runner.work, plan.restarts)
             if node.has_run:
                 self.owner.spawn(runner, "run", node.run, plan.restarts)
         self.emission.emit(None, SessionStart(abi=ABI_VERSION, pipeline=self.pipeline.name), None)
