@@ -10,6 +10,7 @@ without bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -161,10 +162,8 @@ def test_an_inline_cascade_cannot_grow_an_inbox_without_bound() -> None:
             inbox = session.runner("slow").inbox
             high = 0
             for n in range(100):
-                try:
+                with contextlib.suppress(Overloaded):
                     session.push(Job(n=n))
-                except Overloaded:
-                    pass
                 high = max(high, len(inbox))
                 await asyncio.sleep(0)
             assert high <= inbox.limit == 8
