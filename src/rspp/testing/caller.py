@@ -67,6 +67,9 @@ class ScriptedCaller:
     max_wait_s: float = 60.0
     #: Silence after the last reply before the call ends.
     tail_ms: float = 500.0
+    #: Replies that reached ``sink`` before this caller joined (a call carried on after a
+    #: move): they do not answer this caller's lines.
+    replies_before: int = 0
     spoken: list[Spoken] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -79,9 +82,10 @@ class ScriptedCaller:
     async def play(self) -> list[Spoken]:
         """Play the whole script; returns what was spoken when."""
         self._next = asyncio.get_running_loop().time()
-        expected = 0  # replies the caller has asked for so far
+        base = self.replies_before
+        expected = base  # replies the caller has asked for so far (and those before it)
         for index, utterance in enumerate(self.script):
-            if utterance.barge_in_after_ms is not None and expected == 0:
+            if utterance.barge_in_after_ms is not None and expected == base:
                 await self._listen_for(utterance.barge_in_after_ms)  # nothing to talk over
             elif utterance.barge_in_after_ms is not None:
                 starts = self.sink.reply_starts
