@@ -146,6 +146,8 @@ class ChunkedTts(Node[Any]):
 
     def snapshot(self) -> TtsState:
         work = self._work
+        if work is not None and self.ctx.is_fenced(work.turn):
+            work = None  # a reply that is over: nothing to continue
         return TtsState(
             pending={k: c.pending for k, c in self._chunkers.items()},
             started=[k for k, c in self._chunkers.items() if c.started],

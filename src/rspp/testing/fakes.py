@@ -40,7 +40,7 @@ from rspp.events import (
 )
 from rspp.kernel.node import Node, NodeConfig
 from rspp.nodes.text import spread_words
-from rspp.nodes.tts_base import ChunkedTts, TtsConfig
+from rspp.nodes.tts_base import ChunkedTts, TtsConfig, TtsState
 from rspp.testing.audio import tone
 
 __all__ = [
@@ -243,11 +243,14 @@ class FakeLlmStream:
         interval_s: float,
         ignore_cancel: bool,
         start: int = 0,
+        first_s: float | None = None,
     ) -> None:
         self.tokens: list[str] = _TOKEN.findall(text)
         self.turn = turn
         #: The first token to produce (a resumed request skips what was produced before).
         self.start = start
+        #: The delay before the first token produced (default: ``ttft_s``).
+        self.first_s = ttft_s if first_s is None else first_s
         self.ttft_s = ttft_s
         self.interval_s = interval_s
         self.ignore_cancel = ignore_cancel
@@ -265,7 +268,7 @@ class FakeLlmStream:
         index = self.start + len(self.produced)
         if self.closed or index >= len(self.tokens):
             raise StopAsyncIteration
-        if await _work(self.ttft_s if not self.produced else self.interval_s, self.ignore_cancel):
+        if await _work(self.first_s if not self.produced else self.interval_s, self.ignore_cancel):
             self.ignored_cancels += 1
         if self.closed:  # closed by someone else while we were computing
             raise StopAsyncIteration
@@ -297,11 +300,17 @@ class FakeLlmConfig(NodeConfig):
     replies: list[str] | dict[str, str] = []
     #: Test knob: swallow cancellation and finish the current token anyway.
     ignore_cancel: bool = False
+    #: After a move, the first-token delay of the continuation request (ms, or a range);
+    #: None: the stream goes on at the pace it had, as if the provider had kept streaming
+    #: (a restored call is then indistinguishable from one that never moved).
+    resume_ms: Profile | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
         _check_profile("ttft_ms", self.ttft_ms, 0.0)
         _check_profile("tokens_per_s", self.tokens_per_s, 1e-3)
+        if self.resume_ms is not None:
+            _check_profile("resume_ms", self.resume_ms, 0.0)
 
 
 def normalize(text: str) -> str:
@@ -317,6 +326,8 @@ class LlmWork(msgspec.Struct, kw_only=True):
     text: str
     emitted: int = 0
     ended: bool = False
+    #: When the next token is due (session time).
+    next_ns: int = 0
 
 
 class FakeLlmState(msgspec.Struct, kw_only=True):
@@ -353,6 +364,7 @@ class FakeLlm(Node[FakeLlmConfig]):
             {normalize(k): v for k, v in replies.items()} if isinstance(replies, dict) else {}
         )
         self._work: LlmWork | None = None
+        self._resumed = False
 
     def reply_for(self, user_text: str) -> str:
         replies = self.config.replies
@@ -367,6 +379,7 @@ class FakeLlm(Node[FakeLlmConfig]):
         assert isinstance(event, (TurnCommit, TurnSpeculate))
         work = self._work
         if work is None or work.seq != event.seq:
+            self._resumed = False  # what was in flight is not what we are asked now
             history = [(m.role, m.text) for m in self.ctx.conversation.history(before=event.turn)]
             self.prompts.append((event.turn, [*history, ("user", event.text)]))
             work = self._work = LlmWork(
@@ -374,18 +387,31 @@ class FakeLlm(Node[FakeLlmConfig]):
             )
             self.replies_started += 1
         cfg = self.config
+        ttft_s = draw(cfg.ttft_ms, cfg.seed, event.text) / 1000
+        interval_s = 1 / draw(cfg.tokens_per_s, cfg.seed + 1, event.text)
+        now = self.ctx.now_ns()
+        first_s = ttft_s
+        if self._resumed:  # continuing a request that was in flight when the session moved
+            self._resumed = False
+            if cfg.resume_ms is not None:
+                first_s = draw(cfg.resume_ms, cfg.seed + 2, event.text) / 1000
+            else:
+                first_s = max(0, work.next_ns - now) / 1e9
+        work.next_ns = now + round(first_s * 1e9)
         provider = FakeLlmStream(
             work.text,
             turn=event.turn,
-            ttft_s=draw(cfg.ttft_ms, cfg.seed, event.text) / 1000,
-            interval_s=1 / draw(cfg.tokens_per_s, cfg.seed + 1, event.text),
+            ttft_s=ttft_s,
+            interval_s=interval_s,
             ignore_cancel=cfg.ignore_cancel,
             start=work.emitted,
+            first_s=first_s,
         )
         self.streams.append(provider)
         async with provider:
             async for token in provider:
                 work.emitted += 1  # counted before it leaves: a snapshot never repeats it
+                work.next_ns = self.ctx.now_ns() + round(interval_s * 1e9)
                 yield LlmDelta(text=token)
         if not work.ended:
             work.ended = True
@@ -394,6 +420,8 @@ class FakeLlm(Node[FakeLlmConfig]):
 
     def snapshot(self) -> FakeLlmState:
         work = self._work
+        if work is not None and self.ctx.is_fenced(work.turn):
+            work = None  # a reply that is over: nothing to continue
         return FakeLlmState(
             replies_started=self.replies_started,
             work=None if work is None else msgspec.structs.replace(work),
@@ -402,6 +430,7 @@ class FakeLlm(Node[FakeLlmConfig]):
     def restore(self, state: FakeLlmState) -> None:
         self.replies_started = state.replies_started
         self._work = state.work
+        self._resumed = state.work is not None
 
 
 # --------------------------------------------------------------------------- TTS
@@ -418,11 +447,22 @@ class FakeTtsConfig(TtsConfig):
     stream_audio: bool = True
     #: Test knob: swallow cancellation and finish the current chunk anyway.
     ignore_cancel: bool = False
+    #: After a move, the delay before the first chunk of the piece it was synthesizing
+    #: (ms, or a range); None: it goes on at the pace it had.
+    resume_ms: Profile | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
         _check_profile("ttfa_ms", self.ttfa_ms, 0.0)
         _check_profile("rtf", self.rtf, 0.0)
+        if self.resume_ms is not None:
+            _check_profile("resume_ms", self.resume_ms, 0.0)
+
+
+class FakeTtsState(TtsState, kw_only=True):
+    """The TTS base's state, and when the next chunk of the piece in progress is due."""
+
+    next_ns: int = 0
 
 
 class FakeTts(ChunkedTts):
@@ -433,9 +473,13 @@ class FakeTts(ChunkedTts):
     """
 
     Config = FakeTtsConfig
+    State = FakeTtsState
 
     def __init__(self, config: FakeTtsConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
+        self._next_ns = 0  # when the next chunk of the piece in progress is due
+        self._resumed = False
+        self._resumed_seq = 0
         #: Every chunk produced: (tick, turn).
         self.produced: list[tuple[int, int]] = []
         #: Every piece of text synthesized: (turn, text).
@@ -452,10 +496,19 @@ class FakeTts(ChunkedTts):
         ttfa_s = draw(cfg.ttfa_ms, cfg.seed, text) / 1000
         rtf = draw(cfg.rtf, cfg.seed + 1, text)
         chunks = []
+        resumed, self._resumed = self._resumed, False
+        resumed = resumed and self._work is not None and self._work.seq == self._resumed_seq
         for i, words in enumerate(spread_words(text, count)):
             if i < skip:
                 continue  # sent before the session moved
-            delay = ttfa_s if i == skip else chunk_ms * rtf / 1000
+            delay = ttfa_s if i == 0 else chunk_ms * rtf / 1000
+            if resumed:  # the piece that was in progress when the session moved
+                resumed = False
+                if cfg.resume_ms is not None:
+                    delay = draw(cfg.resume_ms, cfg.seed + 2, text) / 1000
+                else:
+                    delay = max(0, self._next_ns - self.ctx.now_ns()) / 1e9
+            self._next_ns = self.ctx.now_ns() + round(delay * 1e9)
             if await _work(delay, cfg.ignore_cancel):
                 self.ignored_cancels += 1
             self.produced.append((tick(), turn))
@@ -470,3 +523,15 @@ class FakeTts(ChunkedTts):
                 chunks.append(chunk)
         for chunk in chunks:
             yield chunk
+
+    def snapshot(self) -> FakeTtsState:
+        base = super().snapshot()
+        return FakeTtsState(
+            pending=base.pending, started=base.started, work=base.work, next_ns=self._next_ns
+        )
+
+    def restore(self, state: FakeTtsState) -> None:
+        super().restore(state)
+        self._next_ns = state.next_ns
+        self._resumed = state.work is not None
+        self._resumed_seq = state.work.seq if state.work is not None else 0
