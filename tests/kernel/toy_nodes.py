@@ -21,6 +21,7 @@ from rspp.events import (
 from rspp.events import register as register_kind
 from rspp.kernel import Node, NodeConfig
 from rspp.kernel.registry import default_registry
+from rspp.testing import FakeLlm
 
 registry = default_registry.copy()
 
@@ -487,3 +488,21 @@ class Shout(Node[NodeConfig]):
     def on_event(self, event: Event) -> None:
         assert isinstance(event, LlmDelta)
         self.emit(LlmDelta(text=event.text.upper()))
+
+
+@registry.register("failing_llm")
+class FailingLlm(FakeLlm):
+    """The fake LLM, which a test can make fail (a bug, mid-reply) at its next token."""
+
+    def __init__(self, config: Any, ctx: Any) -> None:
+        super().__init__(config, ctx)
+        self.fail_next = False
+        self.failures = 0
+
+    async def stream(self, event: Event) -> AsyncIterator[Event]:
+        async for out in super().stream(event):
+            if self.fail_next:
+                self.fail_next = False
+                self.failures += 1
+                raise RuntimeError("the LLM node failed mid-reply (on purpose)")
+            yield out

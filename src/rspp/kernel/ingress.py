@@ -29,7 +29,8 @@ from anywhere at or before the snapshot.
 The header is the session's to assign: only a non-zero ``origin_ns`` (the
 capture time, in session time) is kept, and the ``turn`` of a control event
 (the reply a cancel or a playback report names; 0 means the reply in
-progress).
+progress, or the last one if none is; a number no reply has yet is taken
+down to the last one given).
 """
 
 from __future__ import annotations
@@ -77,7 +78,11 @@ class Ingress:
                 self._reject("input_kind")
                 raise InvalidInput(f"{event.kind!r} cannot be sent into a session")
             if event.turn == 0 and event.kind in _TURN_0_MEANS_ACTIVE:
-                event.turn = turns.active
+                # The reply in progress; with none, the last one that ended (never a number
+                # no reply has yet: a clear of a future turn would clear that reply's audio).
+                event.turn = turns.active or turns.fence
+            elif event.turn >= turns.epoch:
+                event.turn = turns.epoch - 1
         else:
             kind = event.kind
             if kind not in self._kinds:
