@@ -249,38 +249,72 @@ class DebounceConfig(NodeConfig):
     delay_ms: float = 30.0
 
 
+class DebounceState(msgspec.Struct, kw_only=True):
+    """The text held back, and when (session time) and for which reply it is released."""
+
+    pending: str
+    due_ns: int
+    turn: int
+    origin_ns: int
+
+
 @registry.register("debounce")
 class Debounce(Node[DebounceConfig]):
     """Inline: collects llm.delta text and releases it from a timer (a common trick).
 
     The delayed delta is emitted with no explicit cause: the kernel must still know
-    which reply it belongs to (the timer's cause is the delta that armed it).
+    which reply it belongs to (the timer's cause is the delta that armed it). Its
+    held-back text is state, and moves with a snapshot like any node's state must.
     """
 
     consumes: ClassVar[tuple[str, ...]] = ("llm.delta", "llm.done")
     produces: ClassVar[tuple[str, ...]] = ("llm.delta", "llm.done")
     Config = DebounceConfig
+    State = DebounceState
 
     def __init__(self, config: DebounceConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
         self._pending = ""
-        self._armed = False
+        self._timer: Any = None
+        self._held: tuple[int, int, int] = (0, 0, 0)  # due, turn, origin of the held text
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, LlmDelta):
             self._pending += event.text
-            if not self._armed:
-                self._armed = True
-                self.ctx.call_later(self.config.delay_ms / 1000, self._flush)
+            if self._timer is None:
+                due = self.ctx.now_ns() + round(self.config.delay_ms * 1e6)
+                self._held = (due, event.turn, event.origin_ns)
+                self._timer = self.ctx.call_at(due, self._flush)
         else:
             self._flush()
             self.emit(event)
 
     def _flush(self) -> None:
-        self._armed = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._pending:
             text, self._pending = self._pending, ""
             self.emit(LlmDelta(text=text))
+
+    def _flush_moved(self) -> None:
+        """The timer re-armed after a move: no cause to inherit, so say which reply."""
+        self._timer = None
+        if self._pending:
+            _, turn, origin = self._held
+            text, self._pending = self._pending, ""
+            self.emit(LlmDelta(text=text, turn=turn, origin_ns=origin))
+
+    def snapshot(self) -> DebounceState | None:
+        if not self._pending:
+            return None
+        due, turn, origin = self._held
+        return DebounceState(pending=self._pending, due_ns=due, turn=turn, origin_ns=origin)
+
+    def restore(self, state: DebounceState) -> None:
+        self._pending = state.pending
+        self._held = (state.due_ns, state.turn, state.origin_ns)
+        self._timer = self.ctx.call_at(state.due_ns, self._flush_moved)
 
 
 @registry.register("run_emitter")
