@@ -35,23 +35,24 @@ What a node emits belongs to the reply of its *cause* (see
 -- from ``run()``, or a thread that did not inherit the handler's context --
 is dropped by the kernel and reported: name the cause.
 
-Moving a session. Whatever a node keeps between events -- a buffer, a
-counter, a deadline -- is its state, and only the node knows it has some:
+Moving a session. Whatever a node keeps between events -- a buffer, a counter,
+a deadline -- is its state, and only the node knows it has some:
 ``snapshot()`` returns it as an instance of the node's ``State`` type (a
 msgspec Struct; the kernel refuses untyped state) and ``restore()`` gets one
 back, validated, before any event is handled. State that is not in the
 snapshot does not move (a text buffer left out is text the user never hears).
 Deadlines in it are in session time, which carries across the move: re-arm
 timers with ``ctx.call_at`` -- they then have no cause to inherit, so reply
-output they emit must carry its ``turn``. A snapshot can be taken at any instant, so a queued node may
-be in the middle of an event: after the restore that event is handed to the
-node again, first. A node that sets ``resumable = True`` keeps in its State
-how far it got with it (count an item as done *before* yielding it) and
-continues from there; the kernel assumes any other node would start over, so
-when such a node was in the middle of a reply, the restored session ends that
-reply where the user stopped hearing it (``turn.interrupted``, reason
-``moved``) rather than let it be heard twice. Input events (not fenced) are
-handed again to every node: handling one twice must be harmless.
+output they emit must carry its ``turn``. A snapshot can be taken at any
+instant, so a queued node may be in the middle of an event: after the restore
+that event is handed to the node again, first. A ``resumable`` node keeps
+in its State how far it got with it (count an item as done
+*before* yielding it) and continues from there; the kernel assumes any other
+node would start over, so when such a node was in the middle of a reply, the
+restored session ends that reply where the user stopped hearing it
+(``turn.interrupted``, reason ``moved``) rather than let it be heard twice.
+Input events (not fenced) are handed again to every node: handling one twice
+must be harmless.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from msgspec import Meta
 
 from rspp.events import AsrFinal, Event
 from rspp.kernel.node import Node, NodeConfig
+from rspp.nodes.asr_whisper import SegmentAsrState, Transcribing
 from rspp.nodes.utterance import SegmentAudio
 from rspp.providers.openai.http import RetryPolicy, keep_open
 from rspp.providers.openai.speech import TranscriptionClient, TranscriptionTimeouts
@@ -62,6 +63,8 @@ class OpenAiAsr(Node[OpenAiAsrConfig]):
     consumes: ClassVar[tuple[str, ...]] = ("audio.in", "vad.speech_start", "vad.speech_end")
     produces: ClassVar[tuple[str, ...]] = ("asr.final",)
     Config = OpenAiAsrConfig
+    State = SegmentAsrState
+    resumable = True
 
     def __init__(self, config: OpenAiAsrConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
@@ -80,16 +83,31 @@ class OpenAiAsr(Node[OpenAiAsrConfig]):
             ),
         )
         self._segment = SegmentAudio(config.preroll_ms, config.max_utterance_s)
+        self._transcribing: Transcribing | None = None
 
     async def stream(self, event: Event) -> AsyncIterator[Event]:
-        pcm = self._segment.feed(event)
-        if pcm is None:
-            return
-        rate = self._segment.rate
+        work = self._transcribing
+        if work is None or work.seq != event.seq:
+            pcm = self._segment.feed(event)
+            if pcm is None:
+                return
+            work = self._transcribing = Transcribing(
+                seq=event.seq, pcm=pcm, rate=self._segment.rate
+            )
+        pcm, rate = work.pcm, work.rate
         if len(pcm) < rate // 5:  # under 0.1 s: nothing to recognise (servers refuse it)
-            yield AsrFinal(text="")
+            text = ""
         else:
-            yield AsrFinal(text=await self.client.transcribe(pcm, rate))
+            text = await self.client.transcribe(pcm, rate)
+        self._transcribing = None  # done before it leaves: a move never repeats it
+        yield AsrFinal(text=text)
+
+    def snapshot(self) -> SegmentAsrState:
+        return SegmentAsrState(segment=self._segment.snapshot(), transcribing=self._transcribing)
+
+    def restore(self, state: SegmentAsrState) -> None:
+        self._segment.restore(state.segment)
+        self._transcribing = state.transcribing
 
     async def run(self) -> None:
         """Own the connection pool for the session's life; close it when the session closes."""

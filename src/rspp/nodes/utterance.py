@@ -12,9 +12,26 @@ from __future__ import annotations
 
 from collections import deque
 
+import msgspec
+
 from rspp.events import AudioIn, Event, VadSpeechEnd, VadSpeechStart
 
-__all__ = ["SegmentAudio", "UtteranceAudio"]
+__all__ = ["SegmentAudio", "SegmentState", "UtteranceAudio", "UtteranceState"]
+
+
+class UtteranceState(msgspec.Struct, kw_only=True):
+    """The pre-roll ring and whether an utterance is in progress, for a snapshot."""
+
+    ring: list[AudioIn]
+    active: bool
+
+
+class SegmentState(msgspec.Struct, kw_only=True):
+    """The audio of the segment in progress too."""
+
+    utterance: UtteranceState
+    frames: list[bytes]
+    rate: int
 
 
 class UtteranceAudio:
@@ -51,6 +68,14 @@ class UtteranceAudio:
     def end(self) -> None:
         self.active = False
 
+    def snapshot(self) -> UtteranceState:
+        return UtteranceState(ring=list(self._ring), active=self.active)
+
+    def restore(self, state: UtteranceState) -> None:
+        self._ring = deque(state.ring)
+        self._ring_ns = sum(f.duration_ns for f in self._ring)
+        self.active = state.active
+
 
 class SegmentAudio:
     """The PCM16 of each VAD speech segment, pre-roll included, for ASRs that are not streaming.
@@ -83,6 +108,17 @@ class SegmentAudio:
             pcm, self._frames, self._bytes = b"".join(self._frames), [], 0
             return pcm
         return None
+
+    def snapshot(self) -> SegmentState:
+        return SegmentState(
+            utterance=self._utterance.snapshot(), frames=list(self._frames), rate=self.rate
+        )
+
+    def restore(self, state: SegmentState) -> None:
+        self._utterance.restore(state.utterance)
+        self._frames = list(state.frames)
+        self._bytes = sum(len(f) for f in self._frames)
+        self.rate = state.rate
 
     def _keep(self, pcm: bytes) -> None:
         self._frames.append(pcm)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
+import msgspec
 from msgspec import Meta
 
 from rspp.events import AudioIn, Event
-from rspp.nodes.segmenter import SegmentingVad, VadNodeConfig
+from rspp.nodes.segmenter import SegmentingVad, VadNodeConfig, VadState
 
 __all__ = ["WebrtcVad", "WebrtcVadConfig"]
 
@@ -25,10 +26,18 @@ class WebrtcVadConfig(VadNodeConfig):
     start_ms: Annotated[float, Meta(ge=0.0)] = 100.0
 
 
+class WebrtcVadState(VadState, kw_only=True):
+    """The segmenter, and the audio of a frame not yet complete."""
+
+    pending: bytes = b""
+    pending_origin: int = 0
+
+
 class WebrtcVad(SegmentingVad):
     """WebRTC VAD (``webrtcvad-wheels``), inline."""
 
     Config: ClassVar[type[WebrtcVadConfig]] = WebrtcVadConfig
+    State: ClassVar[type[msgspec.Struct] | None] = WebrtcVadState
 
     def __init__(self, config: WebrtcVadConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
@@ -58,3 +67,15 @@ class WebrtcVad(SegmentingVad):
             origin += frame_ns
         self._pending = buffer[offset:]
         self._pending_origin = origin
+
+    def snapshot(self) -> Any:
+        return WebrtcVadState(
+            segmenter=self.segmenter.snapshot(),
+            pending=self._pending,
+            pending_origin=self._pending_origin,
+        )
+
+    def restore(self, state: Any) -> None:
+        super().restore(state)
+        self._pending = state.pending
+        self._pending_origin = state.pending_origin

@@ -530,7 +530,8 @@ class FakeTts(ChunkedTts):
             pending=base.pending, started=base.started, work=base.work, next_ns=self._next_ns
         )
 
-    def restore(self, state: FakeTtsState) -> None:
+    def restore(self, state: TtsState) -> None:
+        assert isinstance(state, FakeTtsState)
         super().restore(state)
         self._next_ns = state.next_ns
         self._resumed = state.work is not None

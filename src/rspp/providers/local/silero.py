@@ -56,6 +56,18 @@ class SileroStream:
         """Samples received but not yet part of a complete chunk."""
         return len(self._pending)
 
+    def state(self) -> tuple[bytes, bytes, bytes]:
+        """The recurrent state, the context and the pending samples (float32 bytes)."""
+        with self._lock:
+            return self._state.tobytes(), self._context.tobytes(), self._pending.tobytes()
+
+    def load(self, state: tuple[bytes, bytes, bytes]) -> None:
+        """Take back what :meth:`state` returned."""
+        with self._lock:
+            self._state = np.frombuffer(state[0], dtype=np.float32).reshape(2, 1, 128).copy()
+            self._context = np.frombuffer(state[1], dtype=np.float32).copy()
+            self._pending = np.frombuffer(state[2], dtype=np.float32).copy()
+
     def push(self, pcm16: bytes) -> list[float]:
         """Add PCM16 audio; return the speech probability of every chunk completed (blocking)."""
         samples = np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768.0
