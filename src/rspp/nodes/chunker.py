@@ -36,7 +36,16 @@ _LAST_WORD = re.compile(r"(\S+)$")
 class TextChunker:
     """Incremental text chunker; see the module docstring."""
 
-    __slots__ = ("_buffer", "_first", "_scan", "first_max_words", "max_chars", "min_chars", "mode")
+    __slots__ = (
+        "_buffer",
+        "_first",
+        "_held",
+        "_scan",
+        "first_max_words",
+        "max_chars",
+        "min_chars",
+        "mode",
+    )
 
     def __init__(
         self,
@@ -53,14 +62,16 @@ class TextChunker:
         self.max_chars = max_chars
         self.first_max_words = first_max_words
         self._buffer = ""
+        self._held: list[str] = []  # ``full`` mode: the whole reply, joined once at the end
         self._scan = 0  # where to resume looking for a boundary
         self._first = True  # nothing released yet
 
     def push(self, text: str) -> list[str]:
         """Add streamed text; return the pieces that are now complete."""
-        self._buffer += text
         if self.mode == "full":
+            self._held.append(text)  # no boundary is looked for: no string to grow
             return []
+        self._buffer += text  # up to one piece (``max_chars``): linear in the reply
         pieces: list[str] = []
         while (cut := self._next_cut()) is not None:
             pieces.append(self._buffer[:cut])
@@ -71,14 +82,15 @@ class TextChunker:
 
     def flush(self) -> str:
         """Everything not yet released (the end of the reply)."""
-        rest, self._buffer, self._scan = self._buffer, "", 0
+        rest, self._buffer, self._scan = self.pending, "", 0
+        self._held = []
         self._first = True  # the chunker may serve the next reply
         return rest
 
     @property
     def pending(self) -> str:
         """Text pushed but not yet released."""
-        return self._buffer
+        return self._buffer + "".join(self._held) if self._held else self._buffer
 
     @property
     def started(self) -> bool:
@@ -88,6 +100,9 @@ class TextChunker:
     def resume(self, pending: str, *, started: bool) -> None:
         """Take back the state of a chunker that was moved (``pending``, ``started``)."""
         self._buffer, self._scan, self._first = pending, 0, not started
+        self._held = []
+        if self.mode == "full":
+            self._buffer, self._held = "", [pending] if pending else []
 
     def _next_cut(self) -> int | None:
         buf = self._buffer
