@@ -12,15 +12,16 @@ import asyncio
 import pytest
 
 from rspp.events import AsrFinal, AsrPartial, VadSpeechEnd
+from rspp.kernel import Pipeline
 from tests.kernel.helpers import make_pipeline
 
 from .audio import LINES, frames, recording, transcript, wer
 from .feeding import drained, push_paced
 
 
-def hear(asr_type: str, name: str) -> tuple[str, list[AsrPartial], int]:
-    """Play one recording; return the joined finals, the partials and the number of segments."""
-    pipeline = make_pipeline(
+def asr_pipeline(asr_type: str) -> Pipeline:
+    """Silero VAD and an ASR on the ingress, everything they say collected by "sink"."""
+    return make_pipeline(
         [
             {
                 "name": "vad",
@@ -38,6 +39,11 @@ def hear(asr_type: str, name: str) -> tuple[str, list[AsrPartial], int]:
             {"name": "sink", "type": "collect", "inputs": ["asr", "vad"]},
         ]
     )
+
+
+def hear(asr_type: str, name: str) -> tuple[str, list[AsrPartial], int]:
+    """Play one recording; return the joined finals, the partials and the number of segments."""
+    pipeline = asr_pipeline(asr_type)
 
     async def main() -> tuple[str, list[AsrPartial], int]:
         async with pipeline.session() as session:

@@ -33,27 +33,7 @@ from tests.kernel.helpers import make_pipeline
 
 from .audio import frames, recording, wer
 from .feeding import FRAME_NS, T0, drained, push_frames, push_paced, until
-
-
-def asr_pipeline(asr_type: str) -> Any:
-    return make_pipeline(
-        [
-            {
-                "name": "vad",
-                "type": "silero_vad",
-                "inputs": ["input"],
-                "config": {"interrupt": False, "hangover_ms": 300.0},
-                "queue": {"capacity": 5000},
-            },
-            {
-                "name": "asr",
-                "type": asr_type,
-                "inputs": ["input", "vad"],
-                "queue": {"capacity": 5000},
-            },
-            {"name": "sink", "type": "collect", "inputs": ["asr", "vad"]},
-        ]
-    )
+from .test_asr import asr_pipeline
 
 
 def heard(seen: list[Any]) -> list[tuple[str, Any]]:

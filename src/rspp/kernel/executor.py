@@ -31,15 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = ["TurnExecutor"]
 
-_FENCE, _CLEAR, _CANCEL, _RECORD, _RELEASE, _ADVANCE = (
-    Action.FENCE,
-    Action.CLEAR,
-    Action.CANCEL,
-    Action.RECORD,
-    Action.RELEASE,
-    Action.ADVANCE,
-)
-
 
 class TurnExecutor:
     """Carries out turn decisions for one session."""
@@ -62,7 +53,7 @@ class TurnExecutor:
         session = self.session
         actions = decision.actions
         fence = session.turns.fence
-        if _FENCE in actions:
+        if Action.FENCE in actions:
             for runner in session.queued:
                 for dropped in runner.inbox.purge(  # type: ignore[union-attr]
                     lambda ev: ev.__class__.fenced and ev.turn <= fence
@@ -71,22 +62,22 @@ class TurnExecutor:
             held = session.outbound.drop_fenced()
             if held:
                 session.count_drop("gate", "held", "fenced", held)
-        if _CLEAR in actions:
+        if Action.CLEAR in actions:
             clear = ClearBuffer(turn=fence)
             session.emission.stamp(clear)
             session.emission.notify(clear, public=not decision.speculative)
-        if _CANCEL in actions:
+        if Action.CANCEL in actions:
             for runner in session.queued:
                 runner.cancel_if_fenced(fence)
         target = decision.target
-        if target and (_RECORD in actions or decision.input is Input.PLAYED):
+        if target and (Action.RECORD in actions or decision.input is Input.PLAYED):
             if decision.speculative:
                 self._speculation_dropped(decision)
             else:
                 self._reply_ended(decision)
-        if _RELEASE in actions:
+        if Action.RELEASE in actions:
             self._release(decision.committed)
-        if _ADVANCE in actions:
+        if Action.ADVANCE in actions:
             self._held_deltas = self._held_tts_ns = 0
         session.watchdog.follow()
 

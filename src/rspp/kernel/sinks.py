@@ -131,6 +131,10 @@ class Outbound:
         for sink in self.sinks.values():
             queue.append((sink, event, shared))
             shared = True
+        self._flush()
+
+    def _flush(self) -> None:
+        """Deliver what is queued, unless a delivery is in progress (it will)."""
         if not self._busy:
             self._busy = True
             try:
@@ -171,15 +175,9 @@ class Outbound:
     def release(self) -> None:
         """The held speculation was confirmed: what it held goes out now, in order."""
         gate, self._gate = self._gate, []
-        if not gate:
-            return
-        self._queue.extend((sink, event, False) for sink, event in gate)
-        if not self._busy:
-            self._busy = True
-            try:
-                self._drain()
-            finally:
-                self._busy = False
+        if gate:
+            self._queue.extend((sink, event, False) for sink, event in gate)
+            self._flush()
 
     def drop_fenced(self) -> int:
         """Forget held output of fenced turns; returns how many events were dropped."""

@@ -18,15 +18,12 @@ transcribed as usual. The connection pool lives as long as the session
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any
 
 from msgspec import Meta
 
-from rspp.events import AsrFinal, Event
-from rspp.kernel.node import Node, NodeConfig
-from rspp.nodes.asr_whisper import SegmentAsrState, Transcribing
-from rspp.nodes.utterance import SegmentAudio
+from rspp.kernel.node import NodeConfig
+from rspp.nodes.asr_segment import SegmentAsr
 from rspp.providers.openai.http import RetryPolicy, keep_open
 from rspp.providers.openai.speech import TranscriptionClient, TranscriptionTimeouts
 
@@ -57,14 +54,10 @@ class OpenAiAsrConfig(NodeConfig):
     retry_after_max_ms: Annotated[float, Meta(ge=0.0, le=600_000.0)] = 5_000.0
 
 
-class OpenAiAsr(Node[OpenAiAsrConfig]):
+class OpenAiAsr(SegmentAsr):
     """A transcription API, a final per VAD segment."""
 
-    consumes: ClassVar[tuple[str, ...]] = ("audio.in", "vad.speech_start", "vad.speech_end")
-    produces: ClassVar[tuple[str, ...]] = ("asr.final",)
     Config = OpenAiAsrConfig
-    State = SegmentAsrState
-    resumable = True
 
     def __init__(self, config: OpenAiAsrConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
@@ -82,32 +75,11 @@ class OpenAiAsr(Node[OpenAiAsrConfig]):
                 config.max_retries, config.retry_backoff_ms, config.retry_after_max_ms
             ),
         )
-        self._segment = SegmentAudio(config.preroll_ms, config.max_utterance_s)
-        self._transcribing: Transcribing | None = None
 
-    async def stream(self, event: Event) -> AsyncIterator[Event]:
-        work = self._transcribing
-        if work is None or work.seq != event.seq:
-            pcm = self._segment.feed(event)
-            if pcm is None:
-                return
-            work = self._transcribing = Transcribing(
-                seq=event.seq, pcm=pcm, rate=self._segment.rate
-            )
-        pcm, rate = work.pcm, work.rate
+    async def transcribe(self, pcm: bytes, rate: int) -> str:
         if len(pcm) < rate // 5:  # under 0.1 s: nothing to recognise (servers refuse it)
-            text = ""
-        else:
-            text = await self.client.transcribe(pcm, rate)
-        self._transcribing = None  # done before it leaves: a move never repeats it
-        yield AsrFinal(text=text)
-
-    def snapshot(self) -> SegmentAsrState:
-        return SegmentAsrState(segment=self._segment.snapshot(), transcribing=self._transcribing)
-
-    def restore(self, state: SegmentAsrState) -> None:
-        self._segment.restore(state.segment)
-        self._transcribing = state.transcribing
+            return ""
+        return await self.client.transcribe(pcm, rate)
 
     async def run(self) -> None:
         """Own the connection pool for the session's life; close it when the session closes."""
