@@ -9,10 +9,13 @@ into the second reply 0.7 s after its audio starts. The streaming variant
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-import time
+import threading
 import wave
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +23,10 @@ from rspp.agent import LOCAL_SPEC, demo_script, local_pipeline, run_demo_call, r
 from rspp.cli.main import main
 from rspp.events import AudioOut, Error, TurnInterrupted
 from rspp.providers.local import llama, piper, silero
+from rspp.providers.local.llama import LlamaModel
+from rspp.providers.local.piper import PiperTts
+from rspp.providers.local.silero import SileroStream
+from rspp.providers.local.whisper import WhisperTranscriber
 from rspp.report import SessionReport, write_outputs
 
 from .audio import ASSETS, level_db, recording, transcript, wer
@@ -67,26 +74,43 @@ def test_the_outputs_are_written(call: SessionReport, tmp_path: Path) -> None:
     assert {"bot.wav", "call.wav", "transcript.json", "timeline.html"} <= paths
 
 
-def test_two_sessions_at_once_share_the_models() -> None:
-    """Two calls at the same time: both answered, models loaded once, the event loop free."""
+def _noting_threads(method: Callable[..., Any], threads: set[str]) -> Callable[..., Any]:
+    """``method``, noting the name of every thread it runs on in ``threads``."""
+
+    @functools.wraps(method)
+    def noted(*args: Any, **kwargs: Any) -> Any:
+        threads.add(threading.current_thread().name)
+        return method(*args, **kwargs)
+
+    return noted
+
+
+def test_two_sessions_at_once_share_the_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two calls at the same time: both answered, models loaded once, inference off the loop.
+
+    Where every model call ran is checked, not how long the loop stalled (a
+    loaded machine stalls it anyway): benchmarks/local_stack.py measures the
+    worst event-loop lag of two sessions like these.
+    """
     pipeline = local_pipeline()
     audio = recording("weather")
-    worst_lag = 0.0
-
-    async def watch_loop() -> None:
-        nonlocal worst_lag
-        while True:
-            before = time.perf_counter()
-            await asyncio.sleep(0.01)
-            worst_lag = max(worst_lag, time.perf_counter() - before - 0.01)
+    inference = {
+        "silero": (SileroStream, "push"),
+        "whisper": (WhisperTranscriber, "transcribe"),
+        "gemma": (LlamaModel, "generate"),
+        "piper": (PiperTts, "synthesize"),
+    }
+    threads: dict[str, set[str]] = {name: set() for name in inference}
+    for name, (cls, method) in inference.items():
+        monkeypatch.setattr(cls, method, _noting_threads(getattr(cls, method), threads[name]))
+    loop_thread = ""
 
     async def main() -> list[SessionReport]:
+        nonlocal loop_thread
+        loop_thread = threading.current_thread().name
         async with asyncio.TaskGroup() as tg:
-            watcher = tg.create_task(watch_loop())
             calls = [tg.create_task(run_file(pipeline, audio, tail_s=12.0)) for _ in range(2)]
-            results = [await c for c in calls]
-            watcher.cancel()
-        return results
+        return [c.result() for c in calls]
 
     loaders = (llama._load, piper._load, silero.silero_session)
     loads = [f.cache_info().misses for f in loaders]
@@ -96,8 +120,12 @@ def test_two_sessions_at_once_share_the_models() -> None:
     for result in (first, second):
         assert result.turns and result.turns[0].reply.strip()
         assert result.stats.errors.total() == 0
-    # Inference runs in the model thread pool: the loop never stalled for long.
-    assert worst_lag < 0.25, f"the event loop stalled for {worst_lag * 1000:.0f} ms"
+    # Inference runs in the model thread pool, never on the event loop's thread: while
+    # one session's model computes, the loop is free for the other session's events.
+    for name, seen in threads.items():
+        assert seen, f"{name} never ran"
+        assert loop_thread not in seen, f"{name} ran on the event loop's thread"
+        assert all(t.startswith("rspp-model") for t in seen), f"{name} ran on {seen}"
 
 
 def test_the_streaming_pipeline_speculates_on_partials() -> None:

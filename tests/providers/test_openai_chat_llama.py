@@ -155,33 +155,44 @@ def test_max_tokens_is_honoured(llama_url: str) -> None:
 @pytest.mark.usefixtures("key")
 def test_cancelling_a_reply_frees_the_server_at_once(llama_url: str) -> None:
     # The server runs one generation at a time: if it went on with the cancelled
-    # story (greedy, it runs to 600 tokens: about 15 s on two cores), the next
-    # question would wait for all of it. Answered at once, it takes a few tenths.
+    # story (greedy, it runs to all 600 tokens), the next question would wait for
+    # the rest of it. So the claim is checked against that alternative, timed at
+    # the rate the story itself was streaming: a loaded machine slows both alike.
     async def main() -> None:
         async with client(llama_url) as chat:
             got: list[str] = []
+            stamps: list[float] = []
             reply = chat.stream(STORY, max_tokens=600, temperature=0.0)
-            story = asyncio.create_task(read(reply, got))
-            await until(lambda: len(got) >= 3 or story.done(), 30.0)
+
+            async def listen() -> None:
+                async with reply:
+                    async for text in reply:
+                        got.append(text)
+                        stamps.append(time.perf_counter())
+
+            story = asyncio.create_task(listen())
+            await until(lambda: len(got) >= 12 or story.done(), 60.0)
             assert not story.done(), f"the story ended after {got!r}"
             cancelled = time.perf_counter()
             story.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await story
-            assert time.perf_counter() - cancelled < 0.2
             after = len(got)
+            # What the server would still owe the story if it had not stopped.
+            per_token_s = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+            rest_s = (600 - after) * per_token_s
 
-            started = time.perf_counter()
             stream = chat.stream([{"role": "user", "content": "Say hello."}], max_tokens=8)
-            first: float | None = None
-            async with stream:
-                async for _ in stream:
-                    first = first or time.perf_counter() - started
-            total = time.perf_counter() - started
+            texts = await read(stream)
+            answered = time.perf_counter() - cancelled
         assert len(got) == after  # nothing more of the story came
-        assert first is not None
-        assert first < 2.0, f"the server was still busy: first token after {first:.2f} s"
-        assert total < 4.0
+        assert texts
+        # From the cancel to the end of the next reply (a few tenths when the server
+        # stopped) in less than half the time the rest of the story would have taken.
+        assert answered < rest_s / 2, (
+            f"the server was still busy: the next reply took {answered:.2f} s after the "
+            f"cancel; the rest of the story would take {rest_s:.2f} s"
+        )
 
     asyncio.run(main())
 

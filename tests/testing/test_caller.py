@@ -82,7 +82,9 @@ def test_the_script_plays_to_the_end_in_virtual_time(conversation: tuple[Played,
     assert len(played.spoken) == 3
     call_s = (played.ended_at - played.spoken[0].start_ns) / 1e9
     assert call_s > 10.0, "a conversation of several seconds..."
-    assert wall_s < call_s / 5, "...that runs much faster than real time"
+    # In real time it would take at least call_s; in virtual time it takes a fraction of a
+    # second, so half of call_s is generous however loaded the machine.
+    assert wall_s < call_s / 2, "...that runs much faster than real time"
     commits = [ev for ev in played.events if isinstance(ev, TurnCommit)]
     assert [c.text for c in commits] == [user for user, _, _ in SCRIPT]
     # Every reply ended: 1 and 3 played out, 2 cut off by the barge-in.
@@ -141,14 +143,17 @@ def test_the_caller_times_out_when_the_bot_never_answers() -> None:
     async def main() -> None:
         async with pipeline.session(sinks={"client": sink}) as session:
             caller = ScriptedCaller(
-                session, sink, [Utterance(user) for user, _, _ in script], max_wait_s=3.0
+                session, sink, [Utterance(user) for user, _, _ in script], max_wait_s=15.0
             )
             await caller.play()
 
     wall = time.perf_counter()
-    with pytest.raises(TimeoutError, match=r"no reply before utterance 1 within 3\.0 s"):
+    with pytest.raises(TimeoutError, match=r"no reply before utterance 1 within 15\.0 s"):
         run_virtual(main())
-    assert time.perf_counter() - wall < 5.0
+    # The caller's wait is virtual: in real time it would take the 15 s (and the first
+    # utterance's 2 s before it); half of that is generous however loaded the machine.
+    # (Not longer: after 20 s without progress the kernel's watchdog ends the reply.)
+    assert time.perf_counter() - wall < 8.0
     assert sink.audio() == []
 
 

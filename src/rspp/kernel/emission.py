@@ -120,8 +120,8 @@ class EmissionPath:
             if fresh:
                 self._control(source, event)
             return
-        turns = self.turns
         if cls.fenced:
+            turns = self.turns
             if fresh and cls in _ROOTS:
                 if not self._root(source, event):
                     return
@@ -140,7 +140,7 @@ class EmissionPath:
         sink = source.sink_target
         if sink is not None:
             self.outbound.send(sink, event)
-            if cls.fenced and event.turn <= turns.fence:
+            if cls.fenced and event.turn <= self.turns.fence:
                 return  # the sink reacted by fencing this very turn
         if self.observers:
             self.notify_observers(event)

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 from rspp.events import AudioIn, Event, Lane, TurnCommit, TurnSpeculate, UnknownEvent, kind_of
 from rspp.kernel.errors import InvalidInput, Overloaded, SessionClosed
+from rspp.kernel.inbox import Inbox
 from rspp.kernel.spec import Policy
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ _TURN_0_MEANS_ACTIVE = frozenset({"control.cancel", "control.clear_buffer", "pla
 class Ingress:
     """Checks and admits what transports push (see the module docstring)."""
 
-    __slots__ = ("_audio", "_kinds", "runner", "seq", "session")
+    __slots__ = ("_audio", "_blocking", "_kinds", "runner", "seq", "session")
 
     def __init__(self, session: Session, runner: NodeRunner) -> None:
         self.session = session
@@ -63,10 +64,11 @@ class Ingress:
         self._audio = session.pipeline.spec.audio
         #: The last input sequence number admitted.
         self.seq = 0
+        self._blocking: dict[str, tuple[tuple[str, Inbox], ...]] = {}  # kind -> inboxes to check
 
-    def push(self, event: Event, seq: int | None = None) -> bool:
+    def push(self, event: Event, *, seq: int | None = None) -> bool:
         session = self.session
-        if not session.running:
+        if session.state != "running":
             raise SessionClosed(f"session {session.id} is not running ({session.state})")
         if seq is not None and seq <= self.seq:
             session.stats.rejected["duplicate"] += 1
@@ -98,28 +100,35 @@ class Ingress:
                         f"{kind!r} is reply output, and no reply is in progress to take it"
                     )
                 event.turn = turns.active
-            self._check_room(event)
+            blocking = self._blocking.get(kind)
+            if blocking is None:
+                blocking = self._learn(event)
+            for name, inbox in blocking:
+                if inbox.full:
+                    self._reject("overloaded")
+                    raise Overloaded(name, kind, inbox.capacity)
         event.session = session.id
         event.seq = 0
-        event.inc = event.pos = 0
+        if event.pos:
+            event.inc = event.pos = 0
         self.seq = seq if seq is not None else self.seq + 1
         session.emission.emit(self.runner, event, None)
         return True
 
-    def _check_room(self, event: Event) -> None:
+    def _learn(self, event: Event) -> tuple[tuple[str, Inbox], ...]:
+        """The queued nodes that take ``event``'s kind straight from the ingress, blocking."""
         runner = self.runner
-        targets = runner.routes.get(event.kind)
+        kind = event.kind
+        targets = runner.routes.get(kind)
         if targets is None:
-            targets = runner.route(event.kind)
-        for target in targets:
-            inbox = target.inbox
-            if (
-                inbox is not None
-                and inbox.full
-                and inbox.policy(event.kind, event.overload) is Policy.BLOCK
-            ):
-                self._reject("overloaded")
-                raise Overloaded(target.name, event.kind, inbox.capacity)
+            targets = runner.route(kind)
+        blocking = tuple(
+            (t.name, t.inbox)
+            for t in targets
+            if t.inbox is not None and t.inbox.policy(kind, event.overload) is Policy.BLOCK
+        )
+        self._blocking[kind] = blocking
+        return blocking
 
     async def writable(self, kind: str) -> None:
         """Wait until a push of ``kind`` would not be refused for lack of room."""

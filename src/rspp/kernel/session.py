@@ -128,6 +128,7 @@ class Session:
             plan.name: NodeRunner(self, plan) for plan in pipeline.nodes
         }
         self.ingress = Ingress(self, NodeRunner(self, None))
+        self.push = self.ingress.push  # type: ignore[method-assign]  # the hot path: no extra call
         #: The runners with an inbox and a worker.
         self.queued = tuple(r for r in self.runners.values() if r.inbox is not None)
         self._reported: set[tuple[str, str]] = set()
@@ -273,7 +274,7 @@ class Session:
         full (push again after ``await writable(kind)``), :class:`SessionClosed`
         after close. Returns False, doing nothing, for a duplicate ``seq``.
         """
-        return self.ingress.push(event, seq)
+        return self.ingress.push(event, seq=seq)
 
     async def writable(self, kind: str = "audio.in") -> None:
         """Wait until a push of ``kind`` would not be refused as :class:`Overloaded`."""
