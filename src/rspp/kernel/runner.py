@@ -36,7 +36,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from rspp.events import Event
+from rspp.events import Event, kind_of
 from rspp.kernel.inbox import ACCEPTED, Inbox
 from rspp.kernel.node import Node
 from rspp.kernel.spec import INPUT, Policy
@@ -110,6 +110,13 @@ class NodeRunner:
             self._downstream_queued = tuple(
                 runners[n] for n in sorted(self.plan.downstream) if runners[n].inbox is not None
             )
+        if self.inbox is not None and self.plan is not None:
+            # Resolve the overload policy of every kind the node takes now, not per put
+            # (a kind that shows up later, unknown to the spec, is resolved on first sight).
+            for kind in (*self.plan.cls.consumes, *self.plan.cls.accepts):
+                cls = kind_of(kind)
+                if cls is not None:
+                    self.inbox.policy(kind, cls.overload)
 
     def route(self, kind: str) -> tuple[NodeRunner, ...]:
         """Targets for a kind not seen before (slow path, cached)."""
