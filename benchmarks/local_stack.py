@@ -300,7 +300,7 @@ def loop_lag(sessions: int, runs: int) -> dict[str, Any]:
     pipeline = build(load_spec(LOCAL_SPEC))
     (audio,) = [u.audio for u in demo_script() if u.name == "weather"]
     lags: list[float] = []
-    answered = turns = 0
+    answered = turns = silent = 0
 
     async def watch() -> None:
         while True:
@@ -325,11 +325,13 @@ def loop_lag(sessions: int, runs: int) -> dict[str, Any]:
                 raise RuntimeError(f"errors in a concurrent call: {result.stats.errors}")
             turns += len(result.turns)
             answered += sum(1 for t in result.turns if t.reply.strip())
+            silent += not any(t.reply.strip() for t in result.turns)
     return {
         "sessions": sessions,
         "runs": runs,
         "turns": turns,
         "answered": answered,
+        "sessions_unanswered": silent,
         "ticks": len(lags),
         "worst_lag_ms": ms(max(lags)),
         "lag_ms_p99": ms(percentile(lags, 0.99)),
@@ -409,7 +411,8 @@ def main() -> None:
         print(
             f"  worst lag {lag['worst_lag_ms']:.1f} ms, p99 {lag['lag_ms_p99']:.1f} ms, "
             f"p50 {lag['lag_ms_p50']:.2f} ms ({lag['ticks']} wake-ups of {ms(TICK_S):g} ms; "
-            f"{lag['answered']} of {lag['turns']} turns answered)"
+            f"{lag['answered']} of {lag['turns']} turns answered, "
+            f"{lag['sessions_unanswered']} of {args.lag_sessions * args.lag_runs} calls unanswered)"
         )
 
     out: dict[str, Any] = {}
