@@ -56,6 +56,7 @@ import msgspec
 
 from rspp.events import Event, Interrupt, LlmDelta, TtsAudio, TtsDone, TurnCommit, register
 from rspp.kernel import Node, NodeConfig, PipelineSpec, build
+
 try:  # the kernel before issue 8 had no backpressure on push (run side by side with it)
     from rspp.kernel import Overloaded
 except ImportError:  # pragma: no cover

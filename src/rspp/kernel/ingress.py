@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rspp.events import AudioIn, Event, Lane, TurnCommit, TurnSpeculate, UnknownEvent, kind_of
+from rspp.events import AudioIn, Event, TurnCommit, TurnSpeculate, UnknownEvent, kind_of
 from rspp.kernel.errors import InvalidInput, Overloaded, SessionClosed
 from rspp.kernel.inbox import Inbox
 from rspp.kernel.spec import Policy
@@ -55,10 +55,11 @@ _TURN_0_MEANS_ACTIVE = frozenset({"control.cancel", "control.clear_buffer", "pla
 class Ingress:
     """Checks and admits what transports push (see the module docstring)."""
 
-    __slots__ = ("_audio", "_blocking", "_kinds", "runner", "seq", "session")
+    __slots__ = ("_audio", "_blocking", "_kinds", "emission", "runner", "seq", "session")
 
     def __init__(self, session: Session, runner: NodeRunner) -> None:
         self.session = session
+        self.emission = session.emission
         self.runner = runner
         self._kinds = frozenset(session.pipeline.spec.input)
         self._audio = session.pipeline.spec.audio
@@ -74,11 +75,11 @@ class Ingress:
             session.stats.rejected["duplicate"] += 1
             return False
         cls = event.__class__
-        turns = session.turns
-        if cls.lane is Lane.CONTROL:
+        if cls.lane:  # control
             if not cls.client:
                 self._reject("input_kind")
                 raise InvalidInput(f"{event.kind!r} cannot be sent into a session")
+            turns = session.turns
             if event.turn == 0 and event.kind in _TURN_0_MEANS_ACTIVE:
                 # The reply in progress; with none, the last one that ended (never a number
                 # no reply has yet: a clear of a future turn would clear that reply's audio).
@@ -94,25 +95,30 @@ class Ingress:
                 self._check_audio(event)  # type: ignore[arg-type]
             event.turn = 0
             if cls.fenced and cls not in _ROOTS and cls is not UnknownEvent:
-                if not turns.active:
+                active = session.turns.active
+                if not active:
                     self._reject("no_reply")
                     raise InvalidInput(
                         f"{kind!r} is reply output, and no reply is in progress to take it"
                     )
-                event.turn = turns.active
+                event.turn = active
             blocking = self._blocking.get(kind)
             if blocking is None:
                 blocking = self._learn(event)
-            for name, inbox in blocking:
-                if inbox.full:
-                    self._reject("overloaded")
-                    raise Overloaded(name, kind, inbox.capacity)
+            if blocking:
+                for name, inbox in blocking:
+                    if inbox.full:
+                        self._reject("overloaded")
+                        raise Overloaded(name, kind, inbox.capacity)
         event.session = session.id
         event.seq = 0
         if event.pos:
             event.inc = event.pos = 0
-        self.seq = seq if seq is not None else self.seq + 1
-        session.emission.emit(self.runner, event, None)
+        if seq is None:
+            self.seq += 1
+        else:
+            self.seq = seq
+        self.emission.emit(self.runner, event, None)
         return True
 
     def _learn(self, event: Event) -> tuple[tuple[str, Inbox], ...]:
