@@ -46,7 +46,7 @@ from rspp.events import (
     VadSpeechEnd,
 )
 from rspp.kernel.errors import TurnProtocolError
-from rspp.kernel.turns import Decision
+from rspp.kernel.turns import Decision, State
 
 if TYPE_CHECKING:
     from rspp.kernel.runner import NodeRunner
@@ -59,6 +59,7 @@ log = logging.getLogger("rspp.session")
 Observer = Callable[[Event], object]
 
 _ROOTS = (TurnCommit, TurnSpeculate)
+_SPECULATING = State.SPECULATING
 
 
 class EmissionPath:
@@ -179,11 +180,13 @@ class EmissionPath:
         if cls is VadSpeechEnd or cls is AsrFinal:
             session.latency.user_mark(event.kind, now, event.origin_ns)
             return
+        speculating = self.turns.state is _SPECULATING
         if cls is LlmDelta:
             name = source.name if source is not None else "kernel"
             session.conversation.reply_text(event.turn, event.text, name)  # type: ignore[attr-defined]
-            session.executor.held_output(event.turn, deltas=1)
-        elif cls is TtsAudio:
+            if speculating:
+                session.executor.held_output(event.turn, deltas=1)
+        elif cls is TtsAudio and speculating:
             session.executor.held_output(event.turn, audio_ns=event.duration_ns)  # type: ignore[attr-defined]
         session.latency.emitted(event.kind, event.turn, now, time.perf_counter_ns())
 
@@ -242,7 +245,7 @@ class EmissionPath:
         # The request itself is announced first, then the decision's effects follow
         # within the same synchronous call.
         self.notify(event)
-        if decision is not None and decision.accepted:
+        if decision is not None and decision.actions:
             session.executor.execute(decision)
 
     def notify(self, event: Event, *, public: bool = True) -> None:

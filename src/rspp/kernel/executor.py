@@ -43,8 +43,8 @@ class TurnExecutor:
         self._held_tts_ns = 0
 
     def held_output(self, turn: int, *, deltas: int = 0, audio_ns: int = 0) -> None:
-        """Reply output was generated; counted if it belongs to the held speculation."""
-        if turn == self.session.turns.held:
+        """Reply output was generated while speculating; counted if it is the speculation's."""
+        if turn == self.session.turns.active:
             self._held_deltas += deltas
             self._held_tts_ns += audio_ns
 

@@ -183,14 +183,16 @@ class Inbox:
 
     def purge(self, drop: Callable[[Event], bool]) -> list[Event]:
         """Remove and return every queued event for which ``drop`` is true."""
-        live = [ev for ev in self._items if self._live(ev)]
+        items = self._items
+        live = [ev for ev in items if self._live(ev)] if self._dead else list(items)
         dropped = [ev for ev in live if drop(ev)]
         if dropped or self._dead:
-            kept = [ev for ev in live if not drop(ev)]
-            self._items.clear()
-            self._items.extend(kept)
+            gone = {id(ev) for ev in dropped}
+            kept = [ev for ev in live if id(ev) not in gone]
+            items.clear()
+            items.extend(kept)
             self._dead = 0
-            self._latest = {k: ev for k, ev in self._latest.items() if not drop(ev)}
+            self._latest = {k: ev for k, ev in self._latest.items() if id(ev) not in gone}
             if self._space is not None and len(kept) < self.capacity:
                 self._space.set()
         return dropped

@@ -126,12 +126,21 @@ class Outbound:
 
     def broadcast(self, event: Event) -> None:
         """Hand one (control) event to every sink: one event, one position."""
-        queue = self._queue
         shared = False
-        for sink in self.sinks.values():
-            queue.append((sink, event, shared))
-            shared = True
-        self._flush()
+        if self._busy:  # inside a send: after what is queued, every sink in turn
+            for sink in self.sinks.values():
+                self._queue.append((sink, event, shared))
+                shared = True
+            return
+        self._busy = True
+        try:
+            for sink in self.sinks.values():
+                self._deliver(sink, event, shared)  # what its send causes waits in the queue
+                shared = True
+            if self._queue:
+                self._drain()
+        finally:
+            self._busy = False
 
     def _flush(self) -> None:
         """Deliver what is queued, unless a delivery is in progress (it will)."""

@@ -52,6 +52,9 @@ class ReplyWatchdog:
             return
         self._turn = turn
         self._paused = False
+        if not turn:
+            self._cancel()
+            return
         self._reset()
         self._arm()
 
