@@ -26,7 +26,7 @@ started and the LLM is mid-stream (plus a random 0-20 ms), take ``t0`` and push
 ``control.clear_buffer`` -- by then the output buffer was dropped -- and
 ``t_closed`` is when the LLM's provider stream was closed. ``interrupt_ms =
 (max(t_silent, t_closed) - t0)``; stale frames are audio frames of the
-interrupted turn that reached the sink after ``t0``. 30 trials in one session.
+interrupted turn that reached the sink after ``t0``. 100 trials in one session.
 
 (c) Pipecat: ``benchmarks/pipecat_side.py`` measures the equivalent pipelines
 with Pipecat's own mechanisms (see its docstring), in its own virtual
@@ -280,7 +280,7 @@ def run_pipecat(quick: bool) -> dict[str, Any] | None:
 
 
 async def rspp_side(quick: bool) -> dict[str, Any]:
-    paced, throughput, trials = (300, 3000, 5) if quick else (2000, 20000, 30)
+    paced, throughput, trials = (300, 3000, 5) if quick else (2000, 20000, 100)
     inline = await hop_overhead(False, paced, throughput)
     queued = await hop_overhead(True, paced, throughput)
     barge = await interruption(trials)

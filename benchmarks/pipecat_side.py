@@ -109,7 +109,7 @@ the queue holds nothing of turn *k*, which the settle window would expose, at on
   ``interrupt_ms = (max(t_silent, t_closed) - t0) / 1e6``
   ``stale_frames`` = number of turn-*k* chunks written after t0, summed over trials.
 
-Median and nearest-rank p99 as in (a); with 30 trials p99 is the maximum.
+Median and nearest-rank p99 as in (a), over 100 trials.
 
 Output: human-readable lines, then (last line of stdout) one JSON object with the keys
 ``pipecat_version, hop_us_p50, hop_us_p99, events_per_s, interrupt_ms_p50, interrupt_ms_p99,
@@ -571,7 +571,7 @@ def describe(label: str, values: Sequence[float], unit: str) -> str:
 async def main_async(quick: bool) -> dict[str, object]:
     paced_events = 300 if quick else 2000
     throughput_events = 3000 if quick else 20000
-    trials = 5 if quick else 30
+    trials = 5 if quick else 100
     pipecat_version = package_version("pipecat-ai")
 
     print(f"pipecat-ai {pipecat_version}, python {sys.version.split()[0]}, quick={quick}")

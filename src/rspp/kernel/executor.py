@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = ["TurnExecutor"]
 
+_FENCE, _CLEAR, _CANCEL, _RECORD, _RELEASE, _ADVANCE = Action  # in the table's order
+
 
 class TurnExecutor:
     """Carries out turn decisions for one session."""
@@ -53,31 +55,30 @@ class TurnExecutor:
         session = self.session
         actions = decision.actions
         fence = session.turns.fence
-        if Action.FENCE in actions:
+        if _FENCE in actions:
             for runner in session.queued:
                 for dropped in runner.inbox.purge(  # type: ignore[union-attr]
                     lambda ev: ev.__class__.fenced and ev.turn <= fence
                 ):
                     session.count_drop(runner.name, dropped.kind, "fenced")
-            held = session.outbound.drop_fenced()
-            if held:
-                session.count_drop("gate", "held", "fenced", held)
-        if Action.CLEAR in actions:
+            if session.outbound.held:
+                session.count_drop("gate", "held", "fenced", session.outbound.drop_fenced())
+        if _CLEAR in actions:
             clear = ClearBuffer(turn=fence)
             session.emission.stamp(clear)
             session.emission.notify(clear, public=not decision.speculative)
-        if Action.CANCEL in actions:
+        if _CANCEL in actions:
             for runner in session.queued:
                 runner.cancel_if_fenced(fence)
         target = decision.target
-        if target and (Action.RECORD in actions or decision.input is Input.PLAYED):
+        if target and (_RECORD in actions or decision.input is Input.PLAYED):
             if decision.speculative:
                 self._speculation_dropped(decision)
             else:
                 self._reply_ended(decision)
-        if Action.RELEASE in actions:
+        if _RELEASE in actions:
             self._release(decision.committed)
-        if Action.ADVANCE in actions:
+        if _ADVANCE in actions:
             self._held_deltas = self._held_tts_ns = 0
         session.watchdog.follow()
 

@@ -184,6 +184,8 @@ class Inbox:
     def purge(self, drop: Callable[[Event], bool]) -> list[Event]:
         """Remove and return every queued event for which ``drop`` is true."""
         items = self._items
+        if not items:
+            return []
         live: Iterable[Event] = [ev for ev in items if self._live(ev)] if self._dead else items
         dropped = [ev for ev in live if drop(ev)]
         if dropped or self._dead:

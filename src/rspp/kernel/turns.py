@@ -354,7 +354,7 @@ class TurnMachine:
             self.active = 0
         self.state = next_state
         if not reason or speculative:
-            reason = _REASONS.get(key, inp.value)
+            reason = _REASONS.get(key) or inp.value
         return Decision(
             inp,
             actions,

@@ -53,20 +53,20 @@ class ReplyWatchdog:
         self._turn = turn
         self._paused = False
         if not turn:
-            self._cancel()
-            return
+            return  # the pending check finds nothing to watch and stops
         self._reset()
-        self._arm()
+        if self._handle is None:
+            self._arm()  # one check every quarter deadline while replies go on, not one per reply
 
     def pause(self) -> None:
         """The output was paused (an undecided barge-in): not a stall."""
         self._paused = True
-        self._cancel()
 
     def resume(self) -> None:
         self._paused = False
         self._reset()
-        self._arm()
+        if self._handle is None:
+            self._arm()
 
     @property
     def paused(self) -> bool:
@@ -74,7 +74,9 @@ class ReplyWatchdog:
 
     def stop(self) -> None:
         self._turn = 0
-        self._cancel()
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
     def _reset(self) -> None:
         session = self.session
@@ -82,17 +84,12 @@ class ReplyWatchdog:
         self._since = session.clock.now_ns()
 
     def _arm(self) -> None:
-        self._cancel()
         session = self.session
-        if not self.deadline_ns or not self._turn or self._paused or not session.running:
+        if not self.deadline_ns or not self._turn or not session.running:
+            self._handle = None
             return
         loop = asyncio.get_running_loop()
         self._handle = loop.call_later(self.deadline_ns / 4e9, self._check)
-
-    def _cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
 
     def _check(self) -> None:
         self._handle = None
@@ -102,7 +99,7 @@ class ReplyWatchdog:
             return
         now = session.clock.now_ns()
         progress = session.emission.progress
-        if progress != self._last:
+        if progress != self._last or self._paused:
             self._last, self._since = progress, now
         elif now - self._since >= self.deadline_ns:
             waited_ms = (now - self._since) / 1e6
