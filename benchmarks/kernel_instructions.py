@@ -13,6 +13,14 @@ difference between the 10-node chain and a chain of 0 nodes, over 10. The
 pusher waits for room when ``push`` refuses (the queued chain's first inbox is
 bounded), as a transport does.
 
+Barge-in, on the interruption pipeline of ``benchmarks/kernel.py`` in virtual
+time (so that the same work is done every run): *decision* is a commit and
+an interrupt pushed back to back (the kernel's turn machinery alone: number the
+reply, fence, clear, cancel, record); *trial* is a whole trial of the wall-clock
+benchmark (commit, the LLM streams, 10 s of audio synthesized at once and
+buffered, three frames played, interrupt). Per unit: runs of 1,000 and 5,000
+decisions, and of 10 and 30 trials.
+
 The last line of output is one JSON object with every number.
 """
 
@@ -69,7 +77,43 @@ def child(hops: int, queued: bool, events: int) -> None:
     asyncio.run(main())
 
 
-def instructions(src: Path, hops: int, queued: bool, events: int) -> int:
+def barge_child(what: str, count: int) -> None:
+    """Barge-in decisions or trials in virtual time (runs inside callgrind)."""
+    sys.path.insert(0, str(HERE))
+    import kernel as bench
+    from rspp.events import Interrupt, TurnCommit
+    from rspp.kernel import build
+    from rspp.testing import run_virtual
+
+    async def main() -> None:
+        pipeline = build(bench.barge_spec(), bench.registry)
+        sink = bench.PerfSink()
+        async with pipeline.session("bench", sinks={"client": sink}) as session:
+            llm = session.node("llm")
+            for trial in range(count):
+                turn = session.turns.epoch
+                session.push(TurnCommit(text=f"trial {trial}"))
+                while what == "trial":
+                    await asyncio.sleep(0.005)
+                    recent = sink.records[-20:]
+                    frames = sum(
+                        1 for _, ev in recent if ev.kind == "audio.out" and ev.turn == turn
+                    )
+                    stream = llm.streams[-1] if llm.streams else None
+                    mid_stream = stream is not None and stream.turn == turn
+                    if mid_stream and frames >= 3 and len(stream.produced) >= 3:  # type: ignore[union-attr]
+                        break
+                session.push(Interrupt())
+                if what == "trial":
+                    await asyncio.sleep(0.1)
+                sink.records.clear()
+            await asyncio.sleep(0.01)
+
+    run_virtual(main())
+
+
+def counted(src: Path, args: list[str]) -> int:
+    """Instructions of one run of this script with ``args`` (under callgrind)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         proc = subprocess.run(
@@ -79,10 +123,7 @@ def instructions(src: Path, hops: int, queued: bool, events: int) -> int:
                 f"--callgrind-out-file={out}",
                 sys.executable,
                 str(Path(__file__).resolve()),
-                "--child",
-                str(hops),
-                "queued" if queued else "inline",
-                str(events),
+                *args,
             ],
             env={**os.environ, "PYTHONPATH": str(src), "PYTHONHASHSEED": "0"},
             capture_output=True,
@@ -92,6 +133,15 @@ def instructions(src: Path, hops: int, queued: bool, events: int) -> int:
     match = re.search(r"Collected : (\d+)", proc.stderr)
     assert match is not None, proc.stderr[-2000:]
     return int(match.group(1))
+
+
+def barge(src: Path, what: str, small: int, large: int) -> float:
+    low = counted(src, ["--barge", what, str(small)])
+    return (counted(src, ["--barge", what, str(large)]) - low) / (large - small)
+
+
+def instructions(src: Path, hops: int, queued: bool, events: int) -> int:
+    return counted(src, ["--child", str(hops), "queued" if queued else "inline", str(events)])
 
 
 def per_event(src: Path, hops: int, queued: bool) -> float:
@@ -107,12 +157,17 @@ def measure(src: Path) -> dict[str, float]:
         "inline_per_event_10_hops": round(inline10),
         "inline_per_hop": round((inline10 - inline0) / 10),
         "queued_per_event_10_hops": round(queued10),
+        "barge_in_decision": round(barge(src, "decision", 1000, 5000)),
+        "barge_in_trial": round(barge(src, "trial", 10, 30)),
     }
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(int(sys.argv[2]), sys.argv[3] == "queued", int(sys.argv[4]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--barge":
+        barge_child(sys.argv[2], int(sys.argv[3]))
         return
     parser = argparse.ArgumentParser(description="kernel instructions per event (callgrind)")
     parser.add_argument("--baseline", type=Path, help="another checkout to measure side by side")
