@@ -23,9 +23,13 @@ with another origin. Whatever the interleaving:
    inside ``send()``; nothing errors but what was provoked; no task outlives its
    session.
 
-``pytest --hypothesis-show-statistics`` shows how often each path was taken; the
-shares measured when this was written are in the issue notes (most examples
-accept an interruption of audible audio).
+``pytest --hypothesis-show-statistics`` shows how often each path was taken.
+Measured when this was written (300 examples, share of all test cases): an
+interruption of audio the client was hearing accepted 65 %, a move mid-reply to
+another clock 34 %, a ``run()`` body emitting cause-less audio 37 %, the VAD's
+interrupt from inside the pipeline accepted 33 %, timers re-emitting the text
+29 %, a sink interrupting from inside ``send()`` 21 %, the kernel's gate
+releasing a speculation 18 %, a client clear 15 %, a node failure 12 %.
 """
 
 from __future__ import annotations

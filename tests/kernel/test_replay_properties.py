@@ -15,7 +15,10 @@ frame with its capture time. Then:
 The turn decisions (commits, speculations, confirmations, discards, pauses,
 interruptions, replies played or cut, at what session time) and what the client
 heard of every reply must be identical. Hypothesis's statistics show where the
-snapshots fell (``pytest --hypothesis-show-statistics``).
+snapshots fell (``pytest --hypothesis-show-statistics``); when this was written:
+with some node in the middle of an event 68 %, mid-reply 69 %, the LLM mid-stream
+49 %, audio buffered 25 %, the user's turn paused 20 %, the TTS mid-piece 19 %, a
+held speculation 12 %, an undecided barge-in 7 %, the user speaking 7 %.
 """
 
 from __future__ import annotations
