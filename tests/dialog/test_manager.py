@@ -1202,3 +1202,42 @@ def _play(call: Call, at: int, observation: Observation) -> None:
         call.until(at)
         speculation = m.speculation[0] if m.speculation else 0
         call.reply_ended(at, [m.reply, speculation, call.next_turn - 1, 0][a])
+
+
+# -- typed turns ----------------------------------------------------------------------------
+
+
+def _typed(call: Call, ms: float, text: str) -> list[Effect]:
+    call.until(ms)
+    return call._observed("text", 0, lambda: call.manager.text(call.now, text))
+
+
+def test_a_typed_turn_commits_at_once_with_its_text() -> None:
+    call = Call()
+    assert _typed(call, 100, "What's the weather?") == [Commit("What's the weather?")]
+    assert call.manager.bot is Bot.SPEAKING and call.manager.reply == 1
+    assert call.manager.deadline is None
+
+
+def test_a_typed_turn_over_a_reply_interrupts_it_and_becomes_the_next_turn() -> None:
+    call = bot_speaking()
+    effects = _typed(call, 1500, "no")  # one short word: typed, it is no backchannel
+    assert effects == [Interrupt(), Commit("no")]
+    assert call.manager.reply == 2
+
+
+def test_a_typed_turn_during_speech_drops_the_spoken_finals_still_to_come() -> None:
+    call = Call()
+    call.start(0)
+    call.partial(200, "hello")
+    assert _typed(call, 300, "Cancel my order") == [Commit("Cancel my order")]
+    call.end(500)
+    assert call.final(550, "hello there") == []
+    call.settle()
+    assert [e for e in call.effects if isinstance(e, Commit)] == [Commit("Cancel my order")]
+
+
+def test_an_empty_typed_turn_does_nothing() -> None:
+    call = Call()
+    assert _typed(call, 100, "   ") == []
+    assert call.manager.bot is Bot.SILENT

@@ -37,6 +37,8 @@ from rspp.events import (
     TurnInterrupted,
     TurnSpeculate,
     TurnStart,
+    UserDtmf,
+    UserText,
     VadSpeechEnd,
     VadSpeechStart,
     known_kinds,
@@ -112,6 +114,12 @@ EVENT_STRATEGIES: dict[str, st.SearchStrategy[Event]] = {
         PlaybackPosition, played_ms=st.floats(min_value=0, allow_nan=False, allow_infinity=False)
     ),
     "control.resume": _kind(Resume, reason=TEXT),
+    "user.text": _kind(UserText, text=st.text(min_size=1, max_size=200)),
+    "user.dtmf": _kind(
+        UserDtmf,
+        digit=st.sampled_from("0123456789*#ABCD"),
+        duration_ms=FLOATS.filter(lambda x: x >= 0),
+    ),
     "session.start": _kind(SessionStart, abi=TEXT, pipeline=TEXT),
     "session.end": _kind(SessionEnd, reason=TEXT),
     "error": _kind(Error, source=TEXT, code=TEXT, message=TEXT),

@@ -87,6 +87,7 @@ def _sample_value(name: str, tp: Any, index: int) -> Any:
 #: Values that must satisfy a kind's own invariants.
 OVERRIDES: dict[str, dict[str, Any]] = {
     "asr.partial": {"text": "hello wor", "stable": "hello "},
+    "user.dtmf": {"digit": "#"},
 }
 
 

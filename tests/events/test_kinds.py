@@ -39,6 +39,8 @@ from rspp.events import (
 from .strategies import EVENT_STRATEGIES
 
 BUILTIN_KINDS = {
+    "user.text",
+    "user.dtmf",
     "audio.in",
     "audio.out",
     "vad.speech_start",

@@ -285,6 +285,21 @@ class TurnManager:
             return self._speculate()
         return []
 
+    def text(self, now: int, text: str) -> list[Effect]:
+        """A typed user turn: complete as it is, so it ends the user's turn at once.
+
+        Over a reply in progress it is an accepted interruption (typing over the
+        bot is no backchannel). Finals of speech still being recognised are
+        dropped: the typed text is the turn.
+        """
+        if not text.strip():
+            return []
+        effects = self._accept_barge() if self.bot is not Bot.SILENT else []
+        for segment in self._pending:
+            segment.keep = False
+        self._segments.append(text)
+        return effects + self._end_of_turn(now)
+
     def timeout(self, now: int) -> list[Effect]:
         """Time passed; act if the deadline is reached."""
         if self.deadline is None or now < self.deadline:

@@ -38,6 +38,8 @@ from rspp.events.kinds import (
     TurnInterrupted,
     TurnSpeculate,
     TurnStart,
+    UserDtmf,
+    UserText,
     VadSpeechEnd,
     VadSpeechStart,
 )
@@ -74,6 +76,8 @@ __all__ = [
     "TurnSpeculate",
     "TurnStart",
     "UnknownEvent",
+    "UserDtmf",
+    "UserText",
     "VadSpeechEnd",
     "VadSpeechStart",
     "decode",

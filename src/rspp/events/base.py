@@ -44,7 +44,7 @@ __all__ = [
 #: The ABI version: ``MAJOR.MINOR``. Minor versions only add kinds or optional
 #: fields (older peers pass unknown kinds through and ignore unknown fields);
 #: a major bump is a breaking change and peers refuse a different major.
-ABI_VERSION = "1.2"
+ABI_VERSION = "1.3"
 
 #: Header field names, in wire order.
 HEADER_FIELDS = ("session", "turn", "seq", "origin_ns", "inc", "pos")

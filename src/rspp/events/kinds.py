@@ -37,6 +37,8 @@ __all__ = [
     "TurnInterrupted",
     "TurnSpeculate",
     "TurnStart",
+    "UserDtmf",
+    "UserText",
     "VadSpeechEnd",
     "VadSpeechStart",
 ]
@@ -87,6 +89,29 @@ class AudioOut(_Pcm, tag="audio.out"):
 
     milestone: ClassVar[bool] = True
     text: str = ""
+
+
+@register
+class UserText(Event, tag="user.text", kw_only=True):
+    """A typed user turn (a chat box, a test): answered like a spoken one.
+
+    The turn manager treats it as a complete utterance with its final
+    transcript: it ends the user's turn at once (interrupting a reply in
+    progress, as the user talking over the bot would).
+    """
+
+    fenced: ClassVar[bool] = False
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
+
+
+@register
+class UserDtmf(Event, tag="user.dtmf", kw_only=True):
+    """A key the caller pressed on a phone keypad (telephony transports)."""
+
+    fenced: ClassVar[bool] = False
+    digit: Annotated[str, msgspec.Meta(pattern="^[0-9*#A-D]$")]
+    #: How long the key was held, when the transport knows (ms).
+    duration_ms: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
 
 
 # --------------------------------------------------------------------------- vad

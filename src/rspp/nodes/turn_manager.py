@@ -26,6 +26,7 @@ from rspp.events import (
     TurnCommit,
     TurnConfirm,
     TurnSpeculate,
+    UserText,
     VadSpeechEnd,
     VadSpeechStart,
 )
@@ -53,7 +54,7 @@ class TurnManagerNode(Node[TurnManagerConfig]):
 
     consumes: ClassVar[tuple[str, ...]] = ("vad.speech_start", "vad.speech_end", "asr.final")
     #: Partials are optional: a non-streaming ASR (Whisper) gives finals only.
-    accepts: ClassVar[tuple[str, ...]] = ("asr.partial",)
+    accepts: ClassVar[tuple[str, ...]] = ("asr.partial", "user.text")
     produces: ClassVar[tuple[str, ...]] = ("turn.commit", "turn.speculate")
     controls: ClassVar[tuple[str, ...]] = ("turn.done", "turn.interrupted")
     Config = TurnManagerConfig
@@ -72,6 +73,8 @@ class TurnManagerNode(Node[TurnManagerConfig]):
             effects = manager.partial(now, event.text, event.stable)
         elif isinstance(event, AsrFinal):
             effects = manager.final(now, event.text)
+        elif isinstance(event, UserText):
+            effects = manager.text(now, event.text)
         elif isinstance(event, VadSpeechStart):
             effects = manager.speech_start(event.origin_ns)
         elif isinstance(event, VadSpeechEnd):

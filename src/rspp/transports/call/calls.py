@@ -1,0 +1,283 @@
+"""Calls that outlive their connections: the server's side of reconnecting.
+
+A :class:`Call` is one conversation as the transport sees it: a session port,
+a resume token, the output it still holds for a client that comes back
+(bot audio and clears, by output position), and at most one live
+:class:`Connection`. A dropped connection leaves the call running for the
+resume window; a connection that resumes it gets what it missed (above the
+``(inc, pos)`` it last received) and carries on. The :class:`CallRegistry`
+owns every call's task (the server's task group), so nothing outlives the
+server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from rspp.events import Event
+from rspp.transports.auth import Auth
+from rspp.transports.metrics import ServerMetrics
+from rspp.transports.port import SessionHost, SessionPort
+
+__all__ = ["Call", "CallRegistry", "Connection"]
+
+log = logging.getLogger("rspp.transports")
+
+#: Output a call keeps for a client that reconnects (``docs/protocol.md``, reconnect).
+REPLAY_AUDIO_S = 10.0
+REPLAY_MAX_EVENTS = 4096
+
+Frame = str | bytes
+
+
+class SlowConsumer(Exception):
+    """The client does not read: its send queue overflowed."""
+
+
+class Connection:
+    """One WebSocket of a call: a bounded send queue drained by one writer.
+
+    ``encode`` turns an output event into a frame (the connection's protocol
+    state machine: formats differ per connection); ``send`` writes a frame.
+    """
+
+    def __init__(
+        self,
+        encode: Callable[[Event], Frame | None],
+        send: Callable[[Frame], Awaitable[None]],
+        max_queued_bytes: int,
+    ) -> None:
+        self.encode = encode
+        self._send = send
+        self._queue: deque[Frame] = deque()
+        self._queued = 0
+        self._max = max_queued_bytes
+        self._wakeup = asyncio.Event()
+        self.overflowed = False
+        self.closed = False
+
+    def deliver(self, event: Event) -> None:
+        frame = self.encode(event)
+        if frame is not None:
+            self.put(frame)
+
+    def put(self, frame: Frame) -> None:
+        if self.closed or self.overflowed:
+            return
+        self._queue.append(frame)
+        self._queued += len(frame)
+        if self._queued > self._max:
+            self.overflowed = True
+        self._wakeup.set()
+
+    async def writer(self) -> None:
+        """Send queued frames; return once closed and flushed. Raises :class:`SlowConsumer`."""
+        queue = self._queue
+        while True:
+            if self.overflowed:
+                raise SlowConsumer("send queue overflowed")
+            while queue:
+                frame = queue.popleft()
+                self._queued -= len(frame)
+                await self._send(frame)
+                if self.overflowed:
+                    raise SlowConsumer("send queue overflowed")
+            if self.closed:
+                return
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    async def flush(self) -> None:
+        """Send what is still queued (after the writer stopped: a last word before closing)."""
+        while self._queue and not self.overflowed:
+            frame = self._queue.popleft()
+            self._queued -= len(frame)
+            await self._send(frame)
+
+    def close(self, *, flush: bool = True) -> None:
+        """No more frames; the writer sends what is queued (``flush``) and returns."""
+        if not flush:
+            self._queue.clear()
+            self._queued = 0
+        self.closed = True
+        self._wakeup.set()
+
+
+@dataclass
+class _Held:
+    """An output event held for a reconnect, with its audio duration."""
+
+    event: Event
+    ms: float
+
+
+class Call:
+    """One call, across its connections."""
+
+    def __init__(
+        self, port: SessionPort, pipeline: str, resume_token: str, window_s: float
+    ) -> None:
+        self.port = port
+        self.pipeline = pipeline
+        self.resume_token = resume_token
+        self.window_s = window_s
+        self.connection: Connection | None = None
+        self._held: deque[_Held] = deque()
+        self._held_ms = 0.0
+        self._evicted_pos: tuple[int, int] = (0, 0)
+        self._attached = asyncio.Event()
+        self._gone = asyncio.Event()
+        self._gone.set()
+        self.ended = False
+        self.started = time.monotonic()
+        self.on_event: Callable[[Event], None] = lambda _: None
+
+    @property
+    def session_id(self) -> str:
+        return self.port.session_id
+
+    def attach(self, connection: Connection, last_pos: tuple[int, int] | None) -> int:
+        """Make ``connection`` the live one; resend what it missed. Returns events lost."""
+        old = self.connection
+        if old is not None:
+            old.close(flush=False)  # taken over: its socket is closed with 4409
+        self.connection = connection
+        self._gone.clear()
+        self._attached.set()
+        if last_pos is None:
+            return 0
+        missed = 0
+        if self._evicted_pos > tuple(last_pos):
+            missed = 1  # at least: what was evicted above last_pos is gone
+        for held in self._held:
+            if (held.event.inc, held.event.pos) > tuple(last_pos):
+                connection.deliver(held.event)
+        return missed
+
+    def detach(self, connection: Connection) -> None:
+        """``connection`` is gone (if it is still the live one, the window starts)."""
+        connection.close()
+        if self.connection is connection:
+            self.connection = None
+            self._attached.clear()
+            self._gone.set()
+
+    async def run(self) -> None:
+        """Pump the session's output to the live connection; end on session end or timeout."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._expire())
+                async for event in self.port.output():
+                    self._hold(event)
+                    self.on_event(event)
+                    conn = self.connection
+                    if conn is not None:
+                        conn.deliver(event)
+                raise _SessionEnded
+        except* _SessionEnded:
+            pass
+        finally:
+            self.ended = True
+            conn = self.connection
+            if conn is not None:
+                conn.close()
+            await self.port.close("call_ended")
+
+    async def _expire(self) -> None:
+        """End the call when no connection has been live for the resume window."""
+        while True:
+            await self._gone.wait()
+            try:
+                await asyncio.wait_for(self._attached.wait(), self.window_s)
+            except TimeoutError:
+                log.info("call %s: no reconnect within %.0f s", self.session_id, self.window_s)
+                raise _SessionEnded from None
+
+    def _hold(self, event: Event) -> None:
+        if not event.pos:
+            return
+        ms = getattr(event, "duration_ns", 0) / 1e6
+        held = self._held
+        held.append(_Held(event, ms))
+        self._held_ms += ms
+        while held and (self._held_ms > REPLAY_AUDIO_S * 1000 or len(held) > REPLAY_MAX_EVENTS):
+            old = held.popleft()
+            self._held_ms -= old.ms
+            self._evicted_pos = (old.event.inc, old.event.pos)
+
+
+class _SessionEnded(Exception):
+    pass
+
+
+class CallRegistry:
+    """Every call of a server, owned by its task group."""
+
+    def __init__(
+        self,
+        host: SessionHost,
+        auth: Auth,
+        metrics: ServerMetrics,
+        *,
+        window_s: float = 30.0,
+        transport: str = "websocket",
+    ) -> None:
+        self.host = host
+        self.auth = auth
+        self.metrics = metrics
+        self.window_s = window_s
+        self.transport = transport
+        self.calls: dict[str, Call] = {}
+        self._group: asyncio.TaskGroup | None = None
+
+    def bind(self, group: asyncio.TaskGroup) -> None:
+        """The task group that owns the calls (the server's lifespan)."""
+        self._group = group
+
+    async def open(self, pipeline: str) -> Call:
+        if self._group is None:
+            raise RuntimeError("the registry is not bound to a task group")
+        port = await self.host.open(pipeline)
+        name = pipeline or self.host.pipelines[0]
+        token = self.auth.resume_token(port.session_id, ttl_s=24 * 3600)
+        call = Call(port, name, token, self.window_s)
+        call.on_event = self._observe
+        self.calls[port.session_id] = call
+        self.metrics.active_calls.inc()
+        self._group.create_task(self._run(call))
+        return call
+
+    def resume(self, token: str) -> Call | None:
+        sid = self.auth.resumed_session(token)
+        call = self.calls.get(sid) if sid else None
+        return None if call is None or call.ended else call
+
+    async def _run(self, call: Call) -> None:
+        outcome = "ended"
+        try:
+            await call.run()
+        except Exception:
+            outcome = "failed"
+            log.exception("call %s failed", call.session_id)
+        finally:
+            self.calls.pop(call.session_id, None)
+            self.metrics.active_calls.dec()
+            self.metrics.calls.labels(self.transport, outcome).inc()
+
+    def _observe(self, event: Event) -> None:
+        kind = event.kind
+        m = self.metrics
+        if kind == "turn.done":
+            m.turns.labels("played").inc()
+        elif kind == "turn.interrupted":
+            m.turns.labels("interrupted").inc()
+            m.interrupts.inc()
+        elif kind == "metrics" and getattr(event, "name", "") == "turn.latency":
+            m.latency(getattr(event, "values", {}))
+        elif kind == "error":
+            m.errors.labels(getattr(event, "code", "") or "error").inc()

@@ -1,0 +1,228 @@
+"""The call protocol's WebSocket endpoint: a thin shell around :class:`CallServer`.
+
+Per connection: check the origin (before the upgrade), read the hello within
+the handshake deadline, authenticate, open or resume the call, then run a
+reader (frames -> the state machine -> the session port) and a writer (the
+connection's bounded send queue -> the socket) under one task group. Whatever
+a client sends, the worst it gets is its own connection closed with a code
+from ``docs/protocol.md``; the call (for a resume) and every other call go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from rspp.events import Error
+from rspp.kernel import InvalidInput, SessionClosed
+from rspp.transports.auth import origin_allowed
+from rspp.transports.call.calls import Call, CallRegistry, Connection, Frame, SlowConsumer
+from rspp.transports.call.server import (
+    CallClosed,
+    CallServer,
+    Ended,
+    Input,
+    Limits,
+    Played,
+    Refused,
+    Start,
+)
+from rspp.transports.call.wire import encode_message
+from rspp.transports.port import HostFull
+
+__all__ = ["CallEndpoint", "EndpointConfig"]
+
+log = logging.getLogger("rspp.transports")
+
+
+@dataclass
+class EndpointConfig:
+    """The endpoint's settings (``rspp serve`` options)."""
+
+    allowed_origins: Sequence[str] = ()
+    hello_timeout_s: float = 10.0
+    limits: Limits = field(default_factory=Limits)
+    #: The send queue holds at most this much of the client's output audio (then 4508).
+    send_queue_s: float = 2.0
+    #: How far ahead of real time bot audio is sent (what the pipelines were built with).
+    lead_ms: float = 60.0
+
+
+class _Disconnected(Exception):
+    pass
+
+
+class CallEndpoint:
+    """``/v1/call``: one instance per server, one :meth:`handle` per connection."""
+
+    def __init__(self, registry: CallRegistry, config: EndpointConfig | None = None) -> None:
+        self.registry = registry
+        self.config = config or EndpointConfig()
+
+    async def handle(self, ws: WebSocket) -> None:
+        metrics = self.registry.metrics
+        if not origin_allowed(
+            ws.headers.get("origin"), ws.headers.get("host"), self.config.allowed_origins
+        ):
+            metrics.rejected.labels("origin").inc()
+            await ws.close(code=4403)  # before accept: an HTTP 403
+            return
+        await ws.accept()
+        proto = CallServer(self.config.limits)
+        call: Call | None = None
+        connection: Connection | None = None
+        try:
+            call, connection = await self._handshake(ws, proto)
+            await self._serve(ws, proto, call, connection)
+        except CallClosed as closed:
+            metrics.closed.labels(str(closed.code)).inc()
+            log.info("call connection closed: %s", closed)
+            await _close(ws, closed.code, closed.reason)
+        except SlowConsumer:
+            metrics.closed.labels("4508").inc()
+            await _close(ws, 4508, "slow consumer: the send queue overflowed")
+        except (_Disconnected, WebSocketDisconnect):
+            pass
+        finally:
+            proto.closed()
+            if call is not None and connection is not None:
+                call.detach(connection)
+
+    async def _handshake(self, ws: WebSocket, proto: CallServer) -> tuple[Call, Connection]:
+        try:
+            async with asyncio.timeout(self.config.hello_timeout_s):
+                text, data = await _receive(ws)
+        except TimeoutError:
+            raise proto.refuse(4408, "no call.hello in time") from None
+        now = time.monotonic()
+        actions = proto.receive_text(text, now) if text is not None else []
+        if data is not None:
+            proto.receive_bytes(data, now)  # raises: audio before the hello
+        start = actions[0]
+        assert isinstance(start, Start)
+        hello = start.hello
+        registry = self.registry
+        header = ws.headers.get("authorization", "")
+        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+        if hello.resume:
+            call = registry.resume(hello.resume)
+            if call is None:
+                raise proto.refuse(4404, "no such call (unknown resume token, or the call ended)")
+        else:
+            if not registry.auth.check(token or hello.token):
+                raise proto.refuse(4401, "a valid token is needed")
+            host = registry.host
+            if not host.ready:
+                raise proto.refuse(4503, "not ready: the models are loading")
+            if hello.pipeline and hello.pipeline not in host.pipelines:
+                raise proto.refuse(4400, f"no pipeline {hello.pipeline!r} here")
+            try:
+                call = await registry.open(hello.pipeline)
+            except HostFull as exc:
+                raise proto.refuse(4503, f"full: {exc}") from exc
+            except SessionClosed as exc:
+                raise proto.refuse(4503, str(exc)) from exc
+        fmt = hello.output
+        queue_bytes = max(int(fmt.bytes_per_ms * 1000 * self.config.send_queue_s), 64 * 1024)
+
+        async def send(frame: Frame) -> None:
+            if isinstance(frame, bytes):
+                await ws.send_bytes(frame)
+            else:
+                await ws.send_text(frame)
+
+        connection = Connection(proto.encode, send, queue_bytes)
+        connection.put(
+            proto.ready(
+                session=call.session_id,
+                pipeline=call.pipeline,
+                pipeline_rate=call.port.sample_rate,
+                resume_token=call.resume_token,
+                resume_window_s=call.window_s,
+                lead_ms=self.config.lead_ms,
+                resumed=bool(hello.resume),
+            )
+        )
+        missed = call.attach(connection, hello.last_pos if hello.resume else None)
+        if missed:
+            log.info("call %s resumed; some held output was already gone", call.session_id)
+        return call, connection
+
+    async def _serve(
+        self, ws: WebSocket, proto: CallServer, call: Call, connection: Connection
+    ) -> None:
+        # Two tasks owned here: whichever ends first ends the connection.
+        reader = asyncio.create_task(self._read(ws, proto, call, connection))
+        writer = asyncio.create_task(connection.writer())
+        try:
+            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, writer):
+                task.cancel()
+            await asyncio.gather(reader, writer, return_exceptions=True)
+        for task in done:
+            exc = task.exception()
+            if isinstance(exc, CallClosed) and exc.code == 1000:
+                async with asyncio.timeout(1.0):
+                    await connection.flush()  # the bye, and what came before it
+            if exc is not None:
+                raise exc
+        # The writer returned: the connection was closed by the call.
+        if call.ended:
+            raise CallClosed(1000, "the call has ended")
+        raise CallClosed(4409, "another connection took over this call")
+
+    async def _read(
+        self, ws: WebSocket, proto: CallServer, call: Call, connection: Connection
+    ) -> NoReturn:
+        port = call.port
+        metrics = self.registry.metrics
+        while True:
+            text, data = await _receive(ws)
+            now = time.monotonic()
+            actions = (
+                proto.receive_text(text, now)
+                if text is not None
+                else (proto.receive_bytes(data or b"", now))
+            )
+            for action in actions:
+                if isinstance(action, Input):
+                    try:
+                        await port.push(action.event)
+                    except InvalidInput as exc:
+                        metrics.rejected.labels("invalid_input").inc()
+                        connection.put(_error("invalid_input", str(exc)))
+                    except SessionClosed:
+                        raise CallClosed(1000, "the call has ended") from None
+                elif isinstance(action, Played):
+                    port.report_playback(action.turn, action.played_ms)
+                elif isinstance(action, Refused):
+                    metrics.rejected.labels(action.code).inc()
+                    connection.put(_error(action.code, action.message))
+                elif isinstance(action, Ended):
+                    connection.put(proto.bye(action.reason))
+                    await port.close("client_bye")
+                    raise CallClosed(1000, "bye")
+
+
+async def _receive(ws: WebSocket) -> tuple[str | None, bytes | None]:
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise _Disconnected
+    return message.get("text"), message.get("bytes")
+
+
+async def _close(ws: WebSocket, code: int, reason: str) -> None:
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):  # already gone
+        await ws.close(code=code, reason=reason)
+
+
+def _error(code: str, message: str) -> str:
+    return encode_message(Error(source="transport", code=code, message=message))

@@ -1,0 +1,333 @@
+"""The one interface between a transport and a session.
+
+A transport (the call protocol's endpoint, the Twilio endpoint) never touches
+a :class:`~rspp.kernel.Session`: it holds a :class:`SessionPort`, which does
+four things -- push input, yield output, report playback, close -- with
+values that are ABI events, so that the same transport code works whether the
+session runs in this process (:class:`LocalPort`, made by :class:`LocalHost`)
+or on a worker elsewhere (the cluster's port, over the store's streams).
+
+What a port yields is what a caller sees (:class:`Visibility`): everything the
+session hands to its client sink (bot audio, ``control.clear_buffer``, the end
+of each reply) with its output position, and, from the rest of the session's
+events, the ones a client shows -- transcripts, turn lifecycle, the bot's text
+(a speculation's text only once it is confirmed), errors and per-turn latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from rspp.events import Event, Metrics, PlaybackPosition
+from rspp.kernel import Overloaded, Pipeline, RsppError, Session, SessionClosed
+
+__all__ = ["HostFull", "LocalHost", "LocalPort", "SessionHost", "SessionPort", "Visibility"]
+
+log = logging.getLogger("rspp.transports")
+
+#: Kinds a caller sees from the session's events that do not go to its sink.
+VISIBLE_KINDS = frozenset(
+    {
+        "vad.speech_start",
+        "vad.speech_end",
+        "asr.partial",
+        "asr.final",
+        "turn.start",
+        "turn.commit",
+        "turn.speculate",
+        "turn.confirm",
+        "turn.interrupted",
+        "turn.done",
+        "llm.delta",
+        "error",
+        "metrics",
+        "session.end",
+    }
+)
+
+
+class HostFull(RsppError):
+    """A host refused a new session: it runs as many as it may."""
+
+
+class SessionPort(Protocol):
+    """A transport's handle on one session, wherever it runs."""
+
+    @property
+    def session_id(self) -> str: ...
+
+    @property
+    def sample_rate(self) -> int:
+        """The pipeline's audio rate (the transport resamples to and from it)."""
+        ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def push(self, event: Event) -> None:
+        """Feed one input event; waits while the session cannot take it (backpressure).
+
+        Raises :class:`~rspp.kernel.InvalidInput` for what the session does not
+        take and :class:`~rspp.kernel.SessionClosed` once it has ended.
+        """
+        ...
+
+    def report_playback(self, turn: int, played_ms: float) -> None:
+        """The client has played ``played_ms`` of reply ``turn``'s audio (never blocks)."""
+        ...
+
+    def output(self) -> AsyncIterator[Event]:
+        """What the caller sees, in order; ends when the session has ended."""
+        ...
+
+    async def close(self, reason: str = "closed") -> None:
+        """End the session (idempotent)."""
+        ...
+
+
+class SessionHost(Protocol):
+    """Where sessions are opened: this process, or a cluster's workers."""
+
+    @property
+    def pipelines(self) -> tuple[str, ...]:
+        """The names of the pipelines this host can run (the first is the default)."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """True once the models are loaded and sessions can be opened."""
+        ...
+
+    async def open(self, pipeline: str = "", session_id: str | None = None) -> SessionPort: ...
+
+    def active(self) -> int:
+        """Sessions open now."""
+        ...
+
+
+class Visibility:
+    """Which of a session's events a caller sees, and when (pure; one per session).
+
+    A held speculation's ``llm.delta`` is kept back until ``turn.confirm`` and
+    dropped if the speculation is discarded, so the client never shows text of
+    a reply that was never given.
+    """
+
+    __slots__ = ("_held", "_speculating")
+
+    def __init__(self) -> None:
+        self._speculating: set[int] = set()
+        self._held: dict[int, list[Event]] = {}
+
+    def __call__(self, event: Event) -> list[Event]:
+        kind = event.kind
+        if kind not in VISIBLE_KINDS:
+            return []
+        turn = event.turn
+        if kind == "llm.delta":
+            if turn in self._speculating:
+                self._held.setdefault(turn, []).append(event)
+                return []
+            return [event]
+        if kind == "turn.speculate":
+            self._speculating.add(turn)
+            return []
+        if kind == "turn.confirm":
+            self._speculating.discard(turn)
+            return [event, *self._held.pop(turn, ())]
+        if kind in ("turn.interrupted", "turn.done"):
+            self._speculating.discard(turn)
+            if self._held.pop(turn, None) is not None and kind == "turn.interrupted":
+                # A discarded speculation: it was never the reply, so say nothing of it.
+                return []
+        return [event]
+
+
+@dataclass
+class _Output:
+    """A port's output buffer: bounded, drained by one consumer."""
+
+    limit: int
+    events: deque[Event] = field(default_factory=deque)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    dropped: int = 0
+    ended: bool = False
+
+    def put(self, event: Event) -> None:
+        if len(self.events) >= self.limit:
+            # The consumer is stuck: keep the newest (a clear must not wait behind stale text).
+            self.events.popleft()
+            self.dropped += 1
+        self.events.append(event)
+        self.wakeup.set()
+
+
+class LocalPort:
+    """A port on a session running in this process."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._session: Session | None = None
+        self._out = _Output(limit)
+        self._visible = Visibility()
+        self._closed = False
+
+    def attach(self, session: Session) -> None:
+        """Bind to the session whose sink and observer this port is."""
+        self._session = session
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            raise RuntimeError("the port is not attached to a session")
+        return self._session
+
+    # The session's side ----------------------------------------------------------------
+
+    def send(self, event: Event) -> None:
+        """The session's sink: bot audio, clears and reply ends, with their positions."""
+        self._out.put(event)
+
+    def observe(self, event: Event) -> None:
+        """The session's observer: the rest of what a caller sees."""
+        if event.kind == "audio.out":
+            return
+        if type(event) is Metrics and not event.name.startswith("turn"):
+            return
+        for visible in self._visible(event):
+            if visible.pos:  # already sent through the sink
+                continue
+            self._out.put(visible)
+        if event.kind == "session.end":
+            self._out.ended = True
+            self._out.wakeup.set()
+
+    # The transport's side --------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str:
+        return self.session.id
+
+    @property
+    def sample_rate(self) -> int:
+        return self.session.pipeline.spec.audio.sample_rate
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or not self.session.running
+
+    @property
+    def dropped(self) -> int:
+        """Output events dropped because nobody consumed them."""
+        return self._out.dropped
+
+    async def push(self, event: Event) -> None:
+        while True:
+            try:
+                self.session.push(event)
+                return
+            except Overloaded:
+                await self.session.writable(event.kind)
+
+    def report_playback(self, turn: int, played_ms: float) -> None:
+        with contextlib.suppress(SessionClosed):
+            self.session.push(PlaybackPosition(turn=turn, played_ms=played_ms))
+
+    async def output(self) -> AsyncIterator[Event]:
+        out = self._out
+        while True:
+            while out.events:
+                yield out.events.popleft()
+            if out.ended or self._closed:
+                return
+            out.wakeup.clear()
+            await out.wakeup.wait()
+
+    async def close(self, reason: str = "closed") -> None:
+        self._closed = True
+        self._out.wakeup.set()
+        await self.session.close(reason)
+
+
+class LocalHost:
+    """Sessions of a few pipelines in this process, sharing their loaded models."""
+
+    def __init__(
+        self,
+        pipelines: Mapping[str, Pipeline],
+        *,
+        max_sessions: int = 1000,
+        resources: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not pipelines:
+            raise ValueError("a host needs at least one pipeline")
+        self._pipelines = dict(pipelines)
+        self._ports: dict[str, LocalPort] = {}
+        self._resources = resources
+        self.max_sessions = max_sessions
+        self._ready = False
+
+    @property
+    def pipelines(self) -> tuple[str, ...]:
+        return tuple(self._pipelines)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    async def load(self, status: Callable[[str], None] = lambda _: None) -> None:
+        """Load every pipeline's models (off the event loop); then the host is ready."""
+        from rspp.agent import preload
+
+        for pipeline in self._pipelines.values():
+            await preload(pipeline, status)
+        self._ready = True
+
+    def active(self) -> int:
+        self._prune()
+        return len(self._ports)
+
+    def _prune(self) -> None:
+        for sid in [sid for sid, port in self._ports.items() if port.closed]:
+            del self._ports[sid]
+
+    async def open(self, pipeline: str = "", session_id: str | None = None) -> LocalPort:
+        if not self._ready:
+            raise SessionClosed("the host is not ready (models loading)")
+        if self.active() >= self.max_sessions:
+            raise HostFull(f"this host is full ({self.max_sessions} sessions)")
+        name = pipeline or next(iter(self._pipelines))
+        plan = self._pipelines.get(name)
+        if plan is None:
+            raise KeyError(f"no pipeline {name!r} here (have: {', '.join(self._pipelines)})")
+        sid = session_id or uuid.uuid4().hex
+        port = LocalPort()
+        session = plan.session(
+            sid, sinks={_sink_of(plan): port}, observers=[port.observe], resources=self._resources
+        )
+        port.attach(session)
+        await session.start()
+        self._ports[sid] = port
+        return port
+
+    async def close(self) -> None:
+        """Close every session (the server is shutting down)."""
+        await asyncio.gather(
+            *(port.close("server_shutdown") for port in list(self._ports.values()))
+        )
+
+
+def _sink_of(pipeline: Pipeline) -> str:
+    sinks = {plan.sink for plan in pipeline.nodes if plan.sink}
+    if len(sinks) != 1:
+        raise ValueError(
+            f"pipeline {pipeline.name!r} must bind exactly one sink for a caller"
+            f" (it binds {sorted(sinks)})"
+        )
+    return sinks.pop()

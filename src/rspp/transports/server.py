@@ -1,0 +1,150 @@
+"""``rspp serve``: the ASGI app that lets people (and phones, and programs) call.
+
+One process serves many concurrent calls sharing the loaded models:
+
+``GET /``                  the browser page (``rspp/transports/web``)
+``WS  /v1/call``           the call protocol (``docs/protocol.md``)
+``GET /v1/pipelines``      the pipelines offered (the first is the default)
+``POST /v1/tokens``        a short-lived call token (``Authorization: Bearer RSPP_TOKEN``)
+``POST /twilio/voice``, ``WS /twilio/stream``   Twilio Media Streams (when configured)
+``GET /healthz``           alive; ``GET /readyz``: 200 only once the models are loaded
+``GET /metrics``           Prometheus
+
+The app talks to sessions only through a :class:`~rspp.transports.port.SessionHost`
+(in this process, :class:`~rspp.transports.port.LocalHost`), so the same app
+runs as a cluster's gateway in front of remote workers. Its lifespan owns every
+call's task and the model loading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from rspp.kernel import Pipeline, PipelineSpec
+from rspp.transports.auth import Auth
+from rspp.transports.call.calls import CallRegistry
+from rspp.transports.call.endpoint import CallEndpoint, EndpointConfig
+from rspp.transports.metrics import ServerMetrics
+from rspp.transports.port import LocalHost, SessionHost
+
+__all__ = ["ServerConfig", "create_app", "with_lead"]
+
+log = logging.getLogger("rspp.serve")
+
+WEB_DIR = Path(str(files("rspp.transports") / "web"))
+
+
+@dataclass
+class ServerConfig:
+    """Everything ``rspp serve`` can be told."""
+
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    resume_window_s: float = 30.0
+    #: Extra routes (the Twilio endpoint) given the host.
+    extra_routes: Callable[[SessionHost, ServerMetrics], Sequence[BaseRoute]] | None = None
+
+
+def with_lead(spec: PipelineSpec, lead_ms: float) -> PipelineSpec:
+    """``spec`` with its audio output sending ``lead_ms`` ahead of real time (unless it says)."""
+    nodes = [
+        msgspec.structs.replace(node, config={"lead_ms": lead_ms, **node.config})
+        if node.type == "audio_output"
+        else node
+        for node in spec.nodes
+    ]
+    return msgspec.structs.replace(spec, nodes=nodes)
+
+
+def create_app(
+    host: SessionHost,
+    *,
+    auth: Auth | None = None,
+    config: ServerConfig | None = None,
+    metrics: ServerMetrics | None = None,
+    status: Callable[[str], None] = lambda _: None,
+) -> Starlette:
+    """The server's ASGI app. A :class:`LocalHost` is loaded by the app's lifespan."""
+    auth = auth or Auth.from_env()
+    config = config or ServerConfig()
+    metrics = metrics or ServerMetrics()
+    registry = CallRegistry(host, auth, metrics, window_s=config.resume_window_s)
+    endpoint = CallEndpoint(registry, config.endpoint)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with asyncio.TaskGroup() as group:
+            registry.bind(group)
+            loading = None
+            if isinstance(host, LocalHost) and not host.ready:
+                loading = group.create_task(host.load(status))
+            try:
+                yield
+            finally:
+                if loading is not None:
+                    loading.cancel()
+                if isinstance(host, LocalHost):
+                    await host.close()
+
+    async def page(request: Request) -> Response:
+        return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def pipelines(request: Request) -> Response:
+        return JSONResponse({"pipelines": list(host.pipelines)})
+
+    async def tokens(request: Request) -> Response:
+        header = request.headers.get("authorization", "")
+        if not auth.static_token or not auth.check(header.removeprefix("Bearer ").strip()):
+            return JSONResponse({"error": "a valid RSPP_TOKEN is needed"}, status_code=401)
+        try:
+            ttl = float(request.query_params.get("ttl", "600"))
+        except ValueError:
+            return JSONResponse({"error": "ttl must be a number of seconds"}, status_code=400)
+        ttl = min(max(ttl, 1.0), 24 * 3600.0)
+        return JSONResponse({"token": auth.issue(ttl), "expires_in": ttl})
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def readyz(request: Request) -> Response:
+        if host.ready:
+            return PlainTextResponse("ready")
+        return PlainTextResponse("loading", status_code=503)
+
+    async def metrics_page(request: Request) -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    routes: list[BaseRoute] = [
+        Route("/", page),
+        Route("/v1/pipelines", pipelines),
+        Route("/v1/tokens", tokens, methods=["POST"]),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics_page),
+        WebSocketRoute("/v1/call", endpoint.handle),
+        Mount("/static", StaticFiles(directory=WEB_DIR), name="static"),
+    ]
+    if config.extra_routes is not None:
+        routes.extend(config.extra_routes(host, metrics))
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.registry = registry
+    app.state.auth = auth
+    app.state.metrics = metrics
+    return app
+
+
+def local_host(pipelines: dict[str, Pipeline], max_calls: int) -> LocalHost:
+    """The in-process host of ``rspp serve``."""
+    return LocalHost(pipelines, max_sessions=max_calls)
