@@ -8,6 +8,7 @@
 ``rspp validate SPEC``   build a spec and print its plan or every problem in it
 ``rspp kinds``           the event kinds of the ABI
 ``rspp serve-audio``     a local OpenAI-compatible audio server (Whisper, Piper)
+``rspp serve [SPEC ...]``  calls over the network: the browser page, WebSocket, Twilio
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rich.console import Console
 from rich.status import Status
 from rich.table import Table
 
+from rspp.cli import serve as serve_cli
 from rspp.events import known_kinds
 from rspp.kernel import BuildError, build, load_spec
 from rspp.report import SessionReport, write_outputs
@@ -215,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     serve_audio.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve_audio.add_argument("--threads", type=int, default=2, help="CPU threads for Whisper")
     serve_audio.set_defaults(func=_serve_audio)
+    serve_cli.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

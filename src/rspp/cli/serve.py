@@ -1,0 +1,94 @@
+"""``rspp serve [SPEC ...]``: calls over the network (``rspp.transports.server``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["add_parser", "serve"]
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "serve",
+        help="serve calls: the browser page, the WebSocket call protocol, Twilio media streams",
+    )
+    parser.add_argument(
+        "specs", nargs="*", help="pipeline specs to offer (default: the embedded local agent)"
+    )
+    parser.add_argument("--fake", action="store_true", help="the test kit's fake models instead")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument(
+        "--lead-ms", type=float, default=60.0, help="bot audio sent ahead of real time"
+    )
+    parser.add_argument("--max-calls", type=int, default=100, help="concurrent calls at most")
+    parser.add_argument(
+        "--resume-window", type=float, default=30.0, help="seconds a dropped call waits"
+    )
+    parser.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        help="a browser origin allowed to call (repeatable; default: this server's own)",
+    )
+    parser.add_argument(
+        "--public-url", help="the URL callers reach this server by (for Twilio's TwiML)"
+    )
+    parser.set_defaults(func=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from rspp.kernel import BuildError, Pipeline, build, load_spec
+    from rspp.transports.auth import Auth
+    from rspp.transports.call.endpoint import EndpointConfig
+    from rspp.transports.port import LocalHost
+    from rspp.transports.server import ServerConfig, create_app, with_lead
+
+    pipelines: dict[str, Pipeline] = {}
+    try:
+        if args.fake:
+            from rspp.demo import demo_pipeline
+
+            fake = demo_pipeline()
+            pipelines[fake.name] = build(with_lead(fake.spec, args.lead_ms))
+        from rspp.agent import LOCAL_SPEC
+
+        specs = args.specs or ([] if args.fake else [str(LOCAL_SPEC)])
+        for path in specs:
+            pipeline = build(with_lead(load_spec(Path(path)), args.lead_ms))
+            pipelines[pipeline.name] = pipeline
+    except (BuildError, OSError) as exc:
+        print(f"rspp serve: {exc}", file=sys.stderr)
+        return 2
+    auth = Auth.from_env()
+    origins = args.allowed_origin or [
+        o for o in os.environ.get("RSPP_ALLOWED_ORIGINS", "").split(",") if o
+    ]
+    config = ServerConfig(
+        endpoint=EndpointConfig(allowed_origins=origins, lead_ms=args.lead_ms),
+        resume_window_s=args.resume_window,
+        extra_routes=_twilio_routes(args.public_url),
+    )
+    host = LocalHost(pipelines, max_sessions=args.max_calls)
+    app = create_app(host, auth=auth, config=config, status=lambda s: print(s, flush=True))
+    token = auth.static_token or auth.issue(24 * 3600)
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"pipelines: {', '.join(pipelines)} (the first is the default)", flush=True)
+    print(f"open http://{shown}:{args.port}/?token={token}", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, ws="websockets-sansio", log_level="warning")
+    return 0
+
+
+def _twilio_routes(public_url: str | None):  # type: ignore[no-untyped-def]
+    """The Twilio endpoint, when ``TWILIO_AUTH_TOKEN`` is set (it signs Twilio's requests)."""
+    token = os.environ.get("TWILIO_AUTH_TOKEN")
+    if not token:
+        return None
+    from rspp.transports.twilio.endpoint import twilio_routes
+
+    return lambda host, metrics: twilio_routes(host, auth_token=token, public_url=public_url)
