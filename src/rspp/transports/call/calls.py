@@ -60,6 +60,7 @@ class Connection:
         self._wakeup = asyncio.Event()
         self.overflowed = False
         self.closed = False
+        self._sending: asyncio.Task[None] | None = None
 
     def deliver(self, event: Event) -> None:
         frame = self.encode(event)
@@ -73,24 +74,39 @@ class Connection:
         self._queued += len(frame)
         if self._queued > self._max:
             self.overflowed = True
+            if self._sending is not None:
+                # The writer is stuck in a send the client does not read: stop waiting.
+                self._sending.cancel()
         self._wakeup.set()
 
     async def writer(self) -> None:
         """Send queued frames; return once closed and flushed. Raises :class:`SlowConsumer`."""
         queue = self._queue
+        me = asyncio.current_task()
         while True:
             if self.overflowed:
                 raise SlowConsumer("send queue overflowed")
             while queue:
                 frame = queue.popleft()
                 self._queued -= len(frame)
-                await self._send(frame)
-                if self.overflowed:
-                    raise SlowConsumer("send queue overflowed")
+                self._sending = me
+                try:
+                    await self._send(frame)
+                except asyncio.CancelledError:
+                    if me is None or not self._cut_off():
+                        raise
+                    me.uncancel()  # our own cancellation (see put): not the owner's
+                    raise SlowConsumer("send queue overflowed") from None
+                finally:
+                    self._sending = None
             if self.closed:
                 return
             self._wakeup.clear()
             await self._wakeup.wait()
+
+    def _cut_off(self) -> bool:
+        """Did :meth:`put` cancel the send (the queue overflowed while it was stuck)?"""
+        return self.overflowed
 
     async def flush(self) -> None:
         """Send what is still queued (after the writer stopped: a last word before closing)."""

@@ -1,0 +1,298 @@
+"""The call endpoint on a real socket: bad input hurts only its sender.
+
+A real uvicorn server with the fake demo pipeline; clients are the
+``websockets`` library speaking the protocol by hand (the Python client has
+its own tests). Every misbehaviour gets its documented answer -- an ``error``
+frame or a close code -- and is counted at ``/metrics``, while another call on
+the same server goes on and is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from rspp.demo import DemoLine, demo_pipeline
+from rspp.testing.audio import silence, speech_like
+from rspp.testing.server import serving
+from rspp.transports.auth import Auth
+from rspp.transports.call.calls import Connection, SlowConsumer
+from rspp.transports.call.endpoint import EndpointConfig
+from rspp.transports.call.server import Limits
+from rspp.transports.port import LocalHost
+from rspp.transports.server import ServerConfig, create_app
+
+TOKEN = "test-token"
+LINE = DemoLine("Hello there, how are you?", "Fine, thanks.")
+
+
+def run(coro: Awaitable[None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, 30))  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def server(
+    *, max_sessions: int = 10, endpoint: EndpointConfig | None = None
+) -> AsyncIterator[tuple[str, Any]]:
+    host = LocalHost({"demo": demo_pipeline([LINE, LINE])}, max_sessions=max_sessions)
+    config = ServerConfig(endpoint=endpoint or EndpointConfig())
+    app = create_app(host, auth=Auth(static_token=TOKEN), config=config)
+    async with serving(app) as address:
+        yield address, app
+
+
+def hello(**fields: Any) -> str:
+    return json.dumps({"kind": "call.hello", "protocol": 1, "token": TOKEN, **fields})
+
+
+async def connect(address: str, **headers: str) -> ClientConnection:
+    return await websockets.connect(f"ws://{address}/v1/call", additional_headers=headers)
+
+
+async def open_call(address: str) -> tuple[ClientConnection, dict[str, Any]]:
+    ws = await connect(address)
+    await ws.send(hello())
+    ready = json.loads(await ws.recv())
+    assert ready["kind"] == "call.ready"
+    return ws, ready
+
+
+async def close_code(ws: ClientConnection) -> int | None:
+    """Read until the server closes; the close code it sent."""
+    try:
+        while True:
+            await ws.recv()
+    except websockets.ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd else None
+
+
+async def next_of(ws: ClientConnection, kind: str) -> dict[str, Any]:
+    while True:
+        frame = await ws.recv()
+        if isinstance(frame, str):
+            message = json.loads(frame)
+            if message["kind"] == kind:
+                return dict(message)
+
+
+async def speak(ws: ClientConnection, ms: float = 1500.0) -> None:
+    """Speech, then silence, in 20 ms frames, in real time."""
+    pcm = speech_like(ms) + silence(1000)
+    for i in range(0, len(pcm), 640):
+        await ws.send(pcm[i : i + 640])
+        await asyncio.sleep(0.02)
+
+
+async def answered(ws: ClientConnection) -> str:
+    """Speak one line; the text of the reply's commit-or-confirm and first delta."""
+    talker = asyncio.create_task(speak(ws))
+    try:
+        delta = await next_of(ws, "llm.delta")
+    finally:
+        await talker
+    return str(delta["text"])
+
+
+async def metric(address: str, name: str) -> float:
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://{address}/metrics")).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
+
+
+# -- refusals before the call ---------------------------------------------------------------------
+
+
+def test_a_foreign_origin_is_refused_before_the_upgrade() -> None:
+    async def main() -> None:
+        async with server() as (address, _):
+            with pytest.raises(websockets.InvalidStatus) as info:
+                await connect(address, Origin="https://evil.example")
+            assert info.value.response.status_code == 403
+            ws, _ready = await open_call(address)  # no Origin (not a browser): fine
+            await ws.close()
+            same = await connect(address, Origin=f"http://{address}")  # its own page: fine
+            await same.send(hello())
+            assert json.loads(await same.recv())["kind"] == "call.ready"
+            await same.close()
+            assert await metric(address, 'rspp_transport_rejected_total{reason="origin"}') == 1
+
+    run(main())
+
+
+@pytest.mark.parametrize("token", ["", "wrong", "v1.9999999999.abc.deadbeef"])
+def test_no_valid_token_no_call(token: str) -> None:
+    async def main() -> None:
+        async with server() as (address, app):
+            ws = await connect(address)
+            await ws.send(json.dumps({"kind": "call.hello", "protocol": 1, "token": token}))
+            assert await close_code(ws) == 4401
+            assert app.state.registry.host.active() == 0
+
+    run(main())
+
+
+def test_a_bearer_header_or_a_signed_token_opens_a_call() -> None:
+    async def main() -> None:
+        async with server() as (address, _app):
+            ws = await connect(address, Authorization=f"Bearer {TOKEN}")
+            await ws.send(json.dumps({"kind": "call.hello", "protocol": 1}))
+            assert json.loads(await ws.recv())["kind"] == "call.ready"
+            await ws.close()
+            async with httpx.AsyncClient() as client:
+                refused = await client.post(f"http://{address}/v1/tokens")
+                assert refused.status_code == 401
+                issued = await client.post(
+                    f"http://{address}/v1/tokens?ttl=60",
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                )
+            signed = issued.json()["token"]
+            ws = await connect(address)
+            await ws.send(json.dumps({"kind": "call.hello", "protocol": 1, "token": signed}))
+            assert json.loads(await ws.recv())["kind"] == "call.ready"
+            await ws.close()
+
+    run(main())
+
+
+def test_no_hello_in_time_closes_with_4408() -> None:
+    async def main() -> None:
+        async with server(endpoint=EndpointConfig(hello_timeout_s=0.2)) as (address, _):
+            ws = await connect(address)
+            assert await close_code(ws) == 4408
+
+    run(main())
+
+
+def test_a_full_server_refuses_with_4503_and_a_bad_resume_token_with_4404() -> None:
+    async def main() -> None:
+        async with server(max_sessions=1) as (address, _):
+            first, _ready = await open_call(address)
+            ws = await connect(address)
+            await ws.send(hello())
+            assert await close_code(ws) == 4503
+            ws = await connect(address)
+            await ws.send(hello(resume="v1.9999999999.nope.00"))
+            assert await close_code(ws) == 4404
+            await first.close()
+
+    run(main())
+
+
+# -- bad input during a call --------------------------------------------------------------------
+
+
+def test_malformed_and_forbidden_frames_get_an_error_and_the_call_goes_on() -> None:
+    async def main() -> None:
+        async with server() as (address, _):
+            ws, _ready = await open_call(address)
+            await ws.send("{not json")
+            error = await next_of(ws, "error")
+            assert (error["source"], error["code"]) == ("transport", "bad_json")
+            await ws.send(json.dumps({"kind": "llm.delta", "text": "injected"}))
+            assert (await next_of(ws, "error"))["code"] == "kind_not_allowed"
+            await ws.send(json.dumps({"kind": "acme.thing"}))
+            assert (await next_of(ws, "error"))["code"] == "unknown_kind"
+            assert await answered(ws) == "Fine, "  # the call still works
+            await ws.close()
+            assert await metric(address, "rspp_transport_rejected_total") == 3
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("misbehave", "code"),
+    [
+        (lambda ws: ws.send(b"\0" * 70_000), 4413),
+        (lambda ws: ws.send(b"\0\0\0"), 4400),
+        (lambda ws: _flood(ws), 4429),
+    ],
+    ids=["oversized", "partial_sample", "flood"],
+)
+def test_a_fatal_frame_closes_only_its_own_connection(
+    misbehave: Callable[[ClientConnection], Awaitable[None]], code: int
+) -> None:
+    async def main() -> None:
+        async with server() as (address, _):
+            good, _ = await open_call(address)
+            bad, _ = await open_call(address)
+            with suppress(websockets.ConnectionClosed):
+                await misbehave(bad)
+            assert await close_code(bad) == code
+            assert await answered(good) == "Fine, "  # the other call is unharmed
+            await good.close()
+            assert await metric(address, f'rspp_transport_closed_total{{code="{code}"}}') == 1
+
+    run(main())
+
+
+async def _flood(ws: ClientConnection) -> None:
+    frame = b"\0\0" * 320
+    for _ in range(2000):  # 40 s of audio at once
+        await ws.send(frame)
+
+
+def test_a_client_that_does_not_read_is_cut_off_not_buffered_forever() -> None:
+    async def main() -> None:
+        stuck = asyncio.Event()
+
+        async def send(frame: str | bytes) -> None:
+            await stuck.wait()  # the socket's buffers are full: the client does not read
+
+        connection = Connection(lambda ev: None, send, max_queued_bytes=10_000)
+        writer = asyncio.create_task(connection.writer())
+        for _ in range(100):
+            connection.put(b"\0" * 640)  # 2 s of 16 kHz audio
+            await asyncio.sleep(0)
+        with pytest.raises(SlowConsumer):
+            await asyncio.wait_for(writer, 5)
+        assert connection.overflowed
+
+    run(main())
+
+
+def test_a_typed_message_is_answered_like_speech() -> None:
+    async def main() -> None:
+        async with server() as (address, _):
+            ws, _ = await open_call(address)
+            await ws.send(json.dumps({"kind": "user.text", "text": LINE.user}))
+            commit = await next_of(ws, "turn.commit")
+            assert commit["text"] == LINE.user
+            assert (await next_of(ws, "llm.delta"))["text"] == "Fine, "
+            await ws.send(json.dumps({"kind": "call.bye"}))
+            assert await close_code(ws) == 1000
+
+    run(main())
+
+
+def test_readyz_and_healthz() -> None:
+    async def main() -> None:
+        async with server() as (address, _), httpx.AsyncClient() as client:
+            assert (await client.get(f"http://{address}/healthz")).status_code == 200
+            assert (await client.get(f"http://{address}/readyz")).status_code == 200
+            pipelines = (await client.get(f"http://{address}/v1/pipelines")).json()
+            assert pipelines == {"pipelines": ["demo"]}
+
+    run(main())
+
+
+def test_limits_are_the_endpoints_own_config() -> None:
+    async def main() -> None:
+        endpoint = EndpointConfig(limits=Limits(max_frame_bytes=1000))
+        async with server(endpoint=endpoint) as (address, _):
+            ws, _ = await open_call(address)
+            await ws.send(b"\0" * 1002)
+            assert await close_code(ws) == 4413
+
+    run(main())
