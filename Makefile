@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 SHELL  := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo serve test lint bench install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/rspp demo
+
+serve: $(STAMP)
+	$(BIN)/rspp serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
