@@ -115,9 +115,9 @@ class SessionHost(Protocol):
 class Visibility:
     """Which of a session's events a caller sees, and when (pure; one per session).
 
-    A held speculation's ``llm.delta`` is kept back until ``turn.confirm`` and
-    dropped if the speculation is discarded, so the client never shows text of
-    a reply that was never given.
+    A held speculation (its ``turn.speculate`` and ``llm.delta``) is kept back
+    until ``turn.confirm`` and dropped if the speculation is discarded, so the
+    client never shows text of a reply that was never given.
     """
 
     __slots__ = ("_held", "_speculating")
@@ -138,10 +138,12 @@ class Visibility:
             return [event]
         if kind == "turn.speculate":
             self._speculating.add(turn)
+            self._held[turn] = [event]  # what it answers: shown with the confirmation
             return []
         if kind == "turn.confirm":
             self._speculating.discard(turn)
-            return [event, *self._held.pop(turn, ())]
+            held = self._held.pop(turn, [])
+            return [*held[:1], event, *held[1:]]
         if kind in ("turn.interrupted", "turn.done"):
             self._speculating.discard(turn)
             if self._held.pop(turn, None) is not None and kind == "turn.interrupted":
