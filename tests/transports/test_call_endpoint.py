@@ -296,3 +296,24 @@ def test_limits_are_the_endpoints_own_config() -> None:
             assert await close_code(ws) == 4413
 
     run(main())
+
+
+def test_rspp_serve_mounts_twilio_when_its_auth_token_is_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rspp.cli.serve import _twilio_routes
+
+    monkeypatch.delenv("TWILIO_AUTH_TOKEN", raising=False)
+    assert _twilio_routes(None) is None
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "twilio-secret")
+
+    async def main() -> None:
+        host = LocalHost({"demo": demo_pipeline([LINE])})
+        config = ServerConfig(extra_routes=_twilio_routes(None))
+        app = create_app(host, auth=Auth(static_token=TOKEN), config=config)
+        async with serving(app) as address, httpx.AsyncClient() as client:
+            unsigned = await client.post(f"http://{address}/twilio/voice", data={"From": "x"})
+            assert unsigned.status_code == 403
+            assert await metric(address, "rspp_twilio_total") >= 1
+
+    run(main())

@@ -6,6 +6,14 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
+
+    from rspp.transports.metrics import ServerMetrics
+    from rspp.transports.port import SessionHost
+    from rspp.transports.server import ExtraRoutes
 
 __all__ = ["add_parser", "serve"]
 
@@ -84,11 +92,20 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _twilio_routes(public_url: str | None):  # type: ignore[no-untyped-def]
+def _twilio_routes(public_url: str | None) -> ExtraRoutes | None:
     """The Twilio endpoint, when ``TWILIO_AUTH_TOKEN`` is set (it signs Twilio's requests)."""
-    token = os.environ.get("TWILIO_AUTH_TOKEN")
+    from rspp.transports.twilio import auth_token_from_env, twilio_routes
+
+    token = auth_token_from_env()
     if not token:
         return None
-    from rspp.transports.twilio.endpoint import twilio_routes
 
-    return lambda host, metrics: twilio_routes(host, auth_token=token, public_url=public_url)
+    def routes(host: SessionHost, metrics: ServerMetrics) -> list[BaseRoute]:
+        return twilio_routes(
+            host,
+            auth_token=token,
+            public_url=public_url,
+            metrics=lambda what: metrics.twilio.labels(what).inc(),
+        )
+
+    return routes

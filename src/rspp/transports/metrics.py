@@ -47,6 +47,9 @@ class ServerMetrics:
             "rspp_transport_dropped", "Output events dropped, by reason", ["reason"], registry=r
         )
         self.errors = Counter("rspp_errors", "Error events sent to callers", ["code"], registry=r)
+        self.twilio = Counter(
+            "rspp_twilio", "Twilio media-stream happenings and refusals", ["what"], registry=r
+        )
 
     def latency(self, values: dict[str, float]) -> None:
         """One turn's ``turn.latency`` values (names ending in ``_ms`` are stages)."""

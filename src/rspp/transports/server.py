@@ -40,11 +40,15 @@ from rspp.transports.call.endpoint import CallEndpoint, EndpointConfig
 from rspp.transports.metrics import ServerMetrics
 from rspp.transports.port import LocalHost, SessionHost
 
-__all__ = ["ServerConfig", "create_app", "with_lead"]
+__all__ = ["ExtraRoutes", "ServerConfig", "create_app", "with_lead"]
 
 log = logging.getLogger("rspp.serve")
 
 WEB_DIR = Path(str(files("rspp.transports") / "web"))
+
+
+#: More routes for the app (the Twilio endpoint), made from the host and the metrics.
+ExtraRoutes = Callable[[SessionHost, ServerMetrics], Sequence[BaseRoute]]
 
 
 @dataclass
@@ -54,7 +58,7 @@ class ServerConfig:
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     resume_window_s: float = 30.0
     #: Extra routes (the Twilio endpoint) given the host.
-    extra_routes: Callable[[SessionHost, ServerMetrics], Sequence[BaseRoute]] | None = None
+    extra_routes: ExtraRoutes | None = None
 
 
 def with_lead(spec: PipelineSpec, lead_ms: float) -> PipelineSpec:
