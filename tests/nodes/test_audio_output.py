@@ -307,3 +307,40 @@ def test_turn_done_waits_until_the_last_frame_has_played_even_with_lead() -> Non
     # ... but the reply is done only when the last frame has finished playing.
     (done_t,) = [t for t, ev in sink.records if isinstance(ev, TurnDone)]
     assert done_t == pytest.approx(started[0] + 200 * MS, abs=TOL)
+
+
+def test_a_late_wake_up_is_caught_up_within_the_lead_not_carried_forward() -> None:
+    """A busy event loop delays some frames; within the lead the schedule does not slip.
+
+    The client still holds lead audio while the loop is blocked, so the frames due
+    meanwhile go out at once when it wakes and the rest keep the original schedule.
+    (A block longer than the lead does shift it: the client has run dry by then, and
+    sending on the old schedule would leave it holding more than the lead.)
+    """
+    from rspp.testing import VirtualClock
+
+    clock = VirtualClock()
+    pipeline = output_pipeline(frame_ms=20.0, lead_ms=60.0)
+    sink = RecordingSink()
+    started: list[int] = []
+
+    async def main() -> None:
+        async with pipeline.session(sinks={"client": sink}) as session:
+            session.push(TurnCommit(text="question"))
+            started.append(session.now_ns())
+            session.push(chunk(1000))
+            await asyncio.sleep(0.3)
+            clock.advance(0.045)  # the loop is blocked for 45 ms (a CPU-heavy callback)
+            await asyncio.sleep(1.5)
+
+    clock.run(main())
+    times = frame_times(sink)
+    assert len(times) == 50
+    start = started[0]
+    # Frame i plays at start + 20 i ms and leaves up to 60 ms before that; after the
+    # block the overdue frames go at once and the rest are back on the original schedule.
+    # (The first three cannot leave before the reply starts.)
+    late = [i for i, t in enumerate(times) if t > start + i * 20 * MS - 60 * MS + TOL][3:]
+    assert late, "the block delayed some frames"
+    assert max(late) <= 21, f"frames {late} stayed late"
+    assert times[-1] == pytest.approx(start + 49 * 20 * MS - 60 * MS, abs=TOL)
