@@ -338,6 +338,15 @@ def test_words_of_frames_without_audio_are_heard_with_the_audio_after_them() -> 
     assert "".join(texts) == "Tomorrow it "
 
 
+def test_the_last_words_of_a_reply_are_heard_even_if_their_frame_had_no_audio() -> None:
+    playout = Playout(FMT)
+    playout.push(AudioFrame(1, 1, 1, "Fine, ", FRAME), 0.0)
+    playout.push(AudioFrame(1, 1, 2, "thanks.", b""), 0.0)
+    texts = [h.text for h in playout.advance(0.1) if isinstance(h, Played)]
+    texts += [h.text for h in playout.done(1, 0.1) if isinstance(h, Played)]
+    assert "".join(texts) == "Fine, thanks."
+
+
 def test_reports_go_out_at_least_every_report_interval_while_playing() -> None:
     client = opened(report_every_ms=100.0)
     for pos in range(1, 51):
@@ -400,6 +409,7 @@ def test_playout_invariants_under_any_interleaving(steps: list[tuple[str, int, i
     last_report: dict[int, float] = {}
     for op, a, b in steps:
         happenings: list[Happening] = []
+        clearing = 0
         if op == "audio":
             turn = max(a, turn_floor)  # replies come in turn order
             turn_floor = turn
@@ -408,7 +418,7 @@ def test_playout_invariants_under_any_interleaving(steps: list[tuple[str, int, i
                 first.setdefault(turn, now)
             happenings = playout.push(AudioFrame(turn, 1, 1, "", FRAME * b), now)
         elif op == "clear":
-            cleared = max(cleared, a)
+            clearing = a
             happenings = playout.clear(a, now)
         elif op == "done":
             happenings = playout.done(a, now)
@@ -428,6 +438,7 @@ def test_playout_invariants_under_any_interleaving(steps: list[tuple[str, int, i
             elif isinstance(h, ReplyEnded):
                 assert h.turn not in ended
                 ended.append(h.turn)
+        cleared = max(cleared, clearing)  # (what played before the clear, in its call, counts)
         for turn, ms in playout.reports:
             assert ms >= last_report.get(turn, -1.0)
             assert ms <= played.get(turn, 0) / 32 + 1e-6

@@ -303,7 +303,8 @@ class Playout:
             self._clock = now
             self._check_report(now)
             return out
-        budget = math.floor((now - self._clock) * self._rate) // self._sample * self._sample
+        # (A hair over, so that float rounding never holds back a whole sample.)
+        budget = math.floor((now - self._clock) * self._rate + 1e-6) // self._sample * self._sample
         at = self._clock
         queue = self._queue
         while budget > 0 and queue:
@@ -361,9 +362,13 @@ class Playout:
         out = self.advance(now)
         state = self._turn(turn)
         state.done = True
-        if state.carry and self._queue and self._queue[-1].turn == turn:
-            self._queue[-1].text += state.carry  # the reply's last words end with its audio
-        state.carry = ""
+        if state.carry:
+            # The reply's last words came in frames without audio: they end with its audio.
+            if self._queue and self._queue[-1].turn == turn:
+                self._queue[-1].text += state.carry
+            elif state.played:
+                out.append(Played(turn, b"", now, state.carry))
+            state.carry = ""
         if not state.ended and not any(c.turn == turn for c in self._queue):
             self._report(turn)
             out.append(self._end(turn, interrupted=False))
