@@ -282,7 +282,10 @@ def test_readyz_and_healthz() -> None:
             assert (await client.get(f"http://{address}/healthz")).status_code == 200
             assert (await client.get(f"http://{address}/readyz")).status_code == 200
             pipelines = (await client.get(f"http://{address}/v1/pipelines")).json()
-            assert pipelines == {"pipelines": ["demo"]}
+            assert pipelines == {
+                "pipelines": ["demo"],
+                "info": {"demo": {"sample_rate": 16000, "lead_ms": 0.0}},
+            }
 
     run(main())
 

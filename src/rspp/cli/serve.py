@@ -78,7 +78,7 @@ def serve(args: argparse.Namespace) -> int:
         o for o in os.environ.get("RSPP_ALLOWED_ORIGINS", "").split(",") if o
     ]
     config = ServerConfig(
-        endpoint=EndpointConfig(allowed_origins=origins, lead_ms=args.lead_ms),
+        endpoint=EndpointConfig(allowed_origins=origins),
         resume_window_s=args.resume_window,
         extra_routes=_twilio_routes(args.public_url),
     )

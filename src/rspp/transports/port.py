@@ -69,6 +69,11 @@ class SessionPort(Protocol):
         ...
 
     @property
+    def lead_ms(self) -> float:
+        """How far ahead of real time the session sends bot audio (what a client may hold)."""
+        ...
+
+    @property
     def closed(self) -> bool: ...
 
     async def push(self, event: Event) -> None:
@@ -106,6 +111,10 @@ class SessionHost(Protocol):
         ...
 
     async def open(self, pipeline: str = "", session_id: str | None = None) -> SessionPort: ...
+
+    def describe(self) -> dict[str, dict[str, float]]:
+        """Per pipeline: its ``sample_rate`` and ``lead_ms`` (what a client can ask for)."""
+        ...
 
     def active(self) -> int:
         """Sessions open now."""
@@ -221,6 +230,10 @@ class LocalPort:
         return self.session.pipeline.spec.audio.sample_rate
 
     @property
+    def lead_ms(self) -> float:
+        return lead_of(self.session.pipeline)
+
+    @property
     def closed(self) -> bool:
         return self._closed or not self.session.running
 
@@ -291,6 +304,12 @@ class LocalHost:
             await preload(pipeline, status)
         self._ready = True
 
+    def describe(self) -> dict[str, dict[str, float]]:
+        return {
+            name: {"sample_rate": plan.spec.audio.sample_rate, "lead_ms": lead_of(plan)}
+            for name, plan in self._pipelines.items()
+        }
+
     def active(self) -> int:
         self._prune()
         return len(self._ports)
@@ -323,6 +342,16 @@ class LocalHost:
         await asyncio.gather(
             *(port.close("server_shutdown") for port in list(self._ports.values()))
         )
+
+
+def lead_of(pipeline: Pipeline) -> float:
+    """The lead of the pipeline's audio output (0 when it has none or does not say)."""
+    leads = [
+        float(node.config.get("lead_ms", 0.0))
+        for node in pipeline.spec.nodes
+        if node.type == "audio_output"
+    ]
+    return max(leads, default=0.0)
 
 
 def _sink_of(pipeline: Pipeline) -> str:

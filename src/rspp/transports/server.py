@@ -4,7 +4,8 @@ One process serves many concurrent calls sharing the loaded models:
 
 ``GET /``                  the browser page (``rspp/transports/web``)
 ``WS  /v1/call``           the call protocol (``docs/protocol.md``)
-``GET /v1/pipelines``      the pipelines offered (the first is the default)
+``GET /v1/pipelines``      the pipelines offered (the first is the default), each one's
+                           sample rate (send and ask for it: nothing is resampled) and lead
 ``POST /v1/tokens``        a short-lived call token (``Authorization: Bearer RSPP_TOKEN``)
 ``POST /twilio/voice``, ``WS /twilio/stream``   Twilio Media Streams (when configured)
 ``GET /healthz``           alive; ``GET /readyz``: 200 only once the models are loaded
@@ -106,7 +107,7 @@ def create_app(
         return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def pipelines(request: Request) -> Response:
-        return JSONResponse({"pipelines": list(host.pipelines)})
+        return JSONResponse({"pipelines": list(host.pipelines), "info": host.describe()})
 
     async def tokens(request: Request) -> Response:
         header = request.headers.get("authorization", "")

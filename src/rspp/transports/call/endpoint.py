@@ -51,8 +51,9 @@ class EndpointConfig:
     limits: Limits = field(default_factory=Limits)
     #: The send queue holds at most this much of the client's output audio (then 4508).
     send_queue_s: float = 2.0
-    #: How far ahead of real time bot audio is sent (what the pipelines were built with).
-    lead_ms: float = 60.0
+    #: What ``call.ready`` announces as the lead; None: the pipeline's own (its audio output's
+    #: ``lead_ms``, as the port reports it).
+    lead_ms: float | None = None
 
 
 class _Disconnected(Exception):
@@ -146,7 +147,7 @@ class CallEndpoint:
                 pipeline_rate=call.port.sample_rate,
                 resume_token=call.resume_token,
                 resume_window_s=call.window_s,
-                lead_ms=self.config.lead_ms,
+                lead_ms=call.port.lead_ms if self.config.lead_ms is None else self.config.lead_ms,
                 resumed=bool(hello.resume),
             )
         )
