@@ -300,11 +300,6 @@ def test_a_bogus_resume_token_is_refused_with_4404() -> None:
     run(main())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: endpoint.py sends call.ready before Call.attach() computes `missed`,"
-    " so call.ready.missed is always 0",
-)
 def test_a_resume_after_the_held_output_ran_out_says_what_was_missed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -240,7 +240,7 @@ def test_nothing_is_encoded_before_the_call_is_open() -> None:
     assert CallServer().encode(LlmDelta(text="hi")) is None
 
 
-# -- fuzz ----------------------------------------------------------------------------------------------
+# -- fuzz ------------------------------------------------------------------------------------------
 
 
 _JSONISH = st.recursive(

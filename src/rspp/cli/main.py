@@ -9,6 +9,7 @@
 ``rspp kinds``           the event kinds of the ABI
 ``rspp serve-audio``     a local OpenAI-compatible audio server (Whisper, Piper)
 ``rspp serve [SPEC ...]``  calls over the network: the browser page, WebSocket, Twilio
+``rspp call URL --input FILE.wav``  call a server as a caller (or ``--script demo``)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rich.console import Console
 from rich.status import Status
 from rich.table import Table
 
+from rspp.cli import call as call_cli
 from rspp.cli import serve as serve_cli
 from rspp.events import known_kinds
 from rspp.kernel import BuildError, build, load_spec
@@ -218,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     serve_audio.add_argument("--threads", type=int, default=2, help="CPU threads for Whisper")
     serve_audio.set_defaults(func=_serve_audio)
     serve_cli.add_parser(sub)
+    call_cli.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

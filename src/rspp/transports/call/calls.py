@@ -146,6 +146,7 @@ class Call:
         self._held: deque[_Held] = deque()
         self._held_ms = 0.0
         self._evicted_pos: tuple[int, int] = (0, 0)
+        self._evicted = 0
         self._attached = asyncio.Event()
         self._gone = asyncio.Event()
         self._gone.set()
@@ -157,8 +158,20 @@ class Call:
     def session_id(self) -> str:
         return self.port.session_id
 
-    def attach(self, connection: Connection, last_pos: tuple[int, int] | None) -> int:
-        """Make ``connection`` the live one; resend what it missed. Returns events lost."""
+    def missed(self, last_pos: tuple[int, int] | None) -> int:
+        """How many output events above ``last_pos`` are no longer held.
+
+        Positions of one incarnation are consecutive and every one reaches the call,
+        so within it this is exact; across incarnations, every event evicted since.
+        """
+        if last_pos is None or self._evicted_pos <= tuple(last_pos):
+            return 0
+        if self._evicted_pos[0] == last_pos[0]:
+            return self._evicted_pos[1] - last_pos[1]
+        return self._evicted
+
+    def attach(self, connection: Connection, last_pos: tuple[int, int] | None) -> None:
+        """Make ``connection`` the live one; resend what it has not received."""
         old = self.connection
         if old is not None:
             old.close(flush=False)  # taken over: its socket is closed with 4409
@@ -166,14 +179,10 @@ class Call:
         self._gone.clear()
         self._attached.set()
         if last_pos is None:
-            return 0
-        missed = 0
-        if self._evicted_pos > tuple(last_pos):
-            missed = 1  # at least: what was evicted above last_pos is gone
+            return
         for held in self._held:
             if (held.event.inc, held.event.pos) > tuple(last_pos):
                 connection.deliver(held.event)
-        return missed
 
     def detach(self, connection: Connection) -> None:
         """``connection`` is gone (if it is still the live one, the window starts)."""
@@ -225,6 +234,7 @@ class Call:
             old = held.popleft()
             self._held_ms -= old.ms
             self._evicted_pos = (old.event.inc, old.event.pos)
+            self._evicted += 1
 
 
 class _SessionEnded(Exception):

@@ -140,6 +140,8 @@ class CallEndpoint:
                 await ws.send_text(frame)
 
         connection = Connection(proto.encode, send, queue_bytes)
+        last_pos = hello.last_pos if hello.resume else None
+        missed = call.missed(last_pos)
         connection.put(
             proto.ready(
                 session=call.session_id,
@@ -149,9 +151,10 @@ class CallEndpoint:
                 resume_window_s=call.window_s,
                 lead_ms=call.port.lead_ms if self.config.lead_ms is None else self.config.lead_ms,
                 resumed=bool(hello.resume),
+                missed=missed,
             )
         )
-        missed = call.attach(connection, hello.last_pos if hello.resume else None)
+        call.attach(connection, last_pos)
         if missed:
             log.info("call %s resumed; some held output was already gone", call.session_id)
         return call, connection
