@@ -101,11 +101,6 @@ def test_a_spoken_turn_is_answered_and_played_and_its_playback_reported() -> Non
     run(main())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: CallServer.encode never flushes the output resampler at the end of a"
-    " reply, so its last milliseconds reach the client only with the next reply (or never)",
-)
 def test_a_reply_played_out_reaches_the_client_whole_when_resampled() -> None:
     async def main() -> None:
         async with (

@@ -308,3 +308,26 @@ def test_no_frame_sequence_raises_anything_but_callclosed(
                 )
             if isinstance(action, Input):
                 encode_message(action.event)  # a valid event, re-encodable
+
+
+def test_the_end_of_a_reply_flushes_the_resamplers_tail_first() -> None:
+    from rspp.events import TurnDone
+
+    proto = open_call(rate_out=24000)
+    samples = 0
+    for _ in range(10):
+        ev = AudioOut(pcm=b"\x01\x00" * 320, sample_rate=16000)
+        ev.turn = 1
+        frame = proto.encode(ev)
+        assert isinstance(frame, bytes)
+        samples += len(decode_audio_frame(frame).pcm) // 2
+    done = TurnDone(turn=1)
+    done.inc, done.pos = 1, 40
+    frames = proto.encode(done)
+    assert isinstance(frames, list) and len(frames) == 2
+    tail, end = frames
+    assert isinstance(tail, bytes) and isinstance(end, str)
+    decoded = decode_audio_frame(tail)
+    assert (decoded.turn, decoded.pos) == (1, 0)
+    assert json.loads(end)["kind"] == "turn.done"
+    assert samples + len(decoded.pcm) // 2 == pytest.approx(10 * 480, abs=2)

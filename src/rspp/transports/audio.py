@@ -41,6 +41,14 @@ class Resampler:
         out: np.ndarray = self._stream.resample_chunk(samples)
         return out.astype("<i2", copy=False).tobytes()
 
+    def flush(self) -> bytes:
+        """What the filter still holds (the end of a stream), then start afresh."""
+        if self._stream is None:
+            return b""
+        tail: np.ndarray = self._stream.resample_chunk(np.zeros(0, dtype="<i2"), last=True)
+        self.reset()
+        return tail.astype("<i2", copy=False).tobytes()
+
     def reset(self) -> None:
         """Forget the filter state (a cleared reply: the next one does not get its tail)."""
         if self.in_rate == self.out_rate:

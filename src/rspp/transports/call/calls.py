@@ -48,7 +48,7 @@ class Connection:
 
     def __init__(
         self,
-        encode: Callable[[Event], Frame | None],
+        encode: Callable[[Event], Frame | list[Frame] | None],
         send: Callable[[Frame], Awaitable[None]],
         max_queued_bytes: int,
     ) -> None:
@@ -64,7 +64,10 @@ class Connection:
 
     def deliver(self, event: Event) -> None:
         frame = self.encode(event)
-        if frame is not None:
+        if isinstance(frame, list):
+            for one in frame:
+                self.put(one)
+        elif frame is not None:
             self.put(frame)
 
     def put(self, frame: Frame) -> None:

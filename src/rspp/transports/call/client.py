@@ -557,8 +557,8 @@ class CallClient:
         if self.state is not State.OPEN:
             raise WireError("bot audio before call.ready")
         frame = decode_audio_frame(data)
-        if not self._new(frame.inc, frame.pos):
-            return []
+        if frame.pos and not self._new(frame.inc, frame.pos):
+            return []  # (a frame without a position -- a reply's tail -- is never resent)
         out = self.playout.push(frame, now)
         if frame.turn > self.playout.cleared_through:
             out.append(BotAudio(frame))

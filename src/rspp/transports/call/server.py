@@ -262,8 +262,13 @@ class CallServer:
 
     # -- server -> client --------------------------------------------------------------
 
-    def encode(self, event: Event) -> str | bytes | None:
-        """The frame for one output event (``None``: not for the client)."""
+    def encode(self, event: Event) -> str | bytes | list[str | bytes] | None:
+        """The frame(s) for one output event (``None``: not for the client).
+
+        At the end of a reply (``turn.done``) the output resampler's tail goes first, in
+        an audio frame of that turn without a position (it is never resent, so it needs
+        none; ``docs/protocol.md``).
+        """
         if self.state is not State.OPEN or self._output is None:
             return None
         if type(event) is AudioOut:
@@ -277,8 +282,18 @@ class CallServer:
             if event.name != "turn.latency":
                 return None
             return encode_message(Latency(turn=event.turn, values=event.values))
-        if event.kind == "control.clear_buffer":
+        kind = event.kind
+        if kind == "control.clear_buffer":
             self._output.reset()  # the next reply starts clean, with no tail of this one
+        elif kind == "turn.done":
+            tail = self._output.flush()  # the last milliseconds of the reply the filter held
+            if tail:
+                if self._channels_out == 2:
+                    tail = np.repeat(np.frombuffer(tail, dtype="<i2"), 2).tobytes()
+                return [
+                    encode_audio_frame(event.turn, event.inc, 0, "", tail),
+                    encode_message(event),
+                ]
         return encode_message(event)
 
     def bye(self, reason: str = "bye") -> str:

@@ -329,7 +329,8 @@ class Call {
     const inc = view.getUint32(8, true);
     const pos = view.getUint32(12, true);
     const n = view.getUint16(16, true);
-    if (!this.advance(inc, pos)) {
+    if (pos && !this.advance(inc, pos)) {
+      // (pos 0: the resampler's tail of a reply, never resent)
       page.framesDuplicate++; // resent after a reconnect: already have it
       return;
     }
