@@ -2,21 +2,25 @@
 
     python benchmarks/transport.py                 # full run (about 10 minutes)
     python benchmarks/transport.py --quick         # smoke run (under a minute)
-    python benchmarks/transport.py --parts calls --levels 1,200,400
-    python benchmarks/transport.py --profile 100   # where the server's CPU goes (py-spy)
+    python benchmarks/transport.py --parts calls --levels 1,200,400 [--keep-going]
+    python benchmarks/transport.py --profile 75    # where the server's CPU goes (py-spy)
 
 Processes and cores. The server is this script started again with ``--role
-server`` (``create_app`` + uvicorn, as ``rspp serve`` runs it), pinned to core 0
-with ``taskset -c 0``; the load generator (this process) pins itself to core 1.
-A fresh server is started for each part and each level of the ramp. The load
-generator is websockets' sans-I/O client protocol on plain asyncio transports
-plus ``rspp.transports.call.wire`` -- no task per call: one pacer wakes every
-millisecond and sends the 20 ms frames of the calls whose slot it is (the calls
-are spread over 20 slots), so hundreds of calls cost one core little. Both
-processes measure their own event-loop lag (a task that sleeps 10 ms and
-records the overshoot); the server reports its lag and CPU time
-(``time.process_time()``) over a measurement window on an extra route,
-``GET /bench/stats`` (``/bench/reset`` starts the window).
+server`` (``create_app`` + uvicorn with ``websockets-sansio``, as ``rspp serve``
+runs it), pinned to core 0 with ``taskset -c 0``; the load generator (this
+process) pins itself to core 1. A fresh server is started for each part and
+each level of the ramp. The load generator is websockets' sans-I/O client
+protocol on plain asyncio transports plus ``rspp.transports.call.wire`` -- no
+task per call: one pacer wakes every millisecond and sends the 20 ms frames of
+the calls whose slot it is (the calls are spread over 20 slots), so hundreds of
+calls cost one core little. Both processes measure their own event-loop lag (a
+task that sleeps 10 ms and records the overshoot); the server reports its lag,
+its GC pauses, its CPU time (``time.process_time()``) and the time it was
+runnable but waited for its core (``/proc/thread-self/schedstat``: someone
+else's work on that core) over a measurement window on extra routes,
+``GET /bench/reset`` (start) and ``GET /bench/stats`` (end). The machine is
+shared: before each measurement the script waits (at most 30 s) for both cores
+to be nearly idle.
 
 (a) WebSocket path, per audio frame. An echo pipeline defined here: on the
 first ``audio.in`` the node emits a ``turn.commit`` (a reply root, numbered by
@@ -27,7 +31,10 @@ timestamps (``perf_counter_ns``) the send and the receipt of the echoed binary
 frame: the round trip client -> server -> kernel -> server -> client. The same
 pipeline in-process (``session.push`` -> sink, no socket, in the load
 generator's process) is the baseline; the WebSocket path's added latency is
-the round trip minus the baseline (difference of the percentiles).
+the round trip minus the baseline (difference of the percentiles). Two floors
+are measured the same way, each in a server process of its own: a bare ASGI
+WebSocket echo under the same uvicorn (``--role asgi-echo``) and a plain
+asyncio TCP echo (``--role tcp-echo``, a raw client).
 
 (b) Barge-in over the network. The fake demo pipeline (``rspp.demo``: energy
 VAD, turn manager, fake ASR/LLM/TTS) with ``lead_ms`` 60 and a long scripted
@@ -51,10 +58,15 @@ does. Call phases are spread at random. V2V at the client: the send of the
 last speech frame -> the receipt of the reply's first bot audio frame. After
 a warm-up, a window: the server's lag p99 and CPU, the V2V p50 of the turns
 whose speech ended in it. ``N`` passes when the server's lag p99 < 20 ms, the
-V2V p50 is within +10 % of the one-call level's, and every turn was answered.
+V2V p50 is within +10 % of the one-call level's, and every turn was answered;
+a level that fails is run once more (the machine is shared) before it counts.
 The ramp stops at the first ``N`` that fails; ``calls_per_process`` is the
 largest that passed, ``cpu_ms_per_call_s`` the server's CPU per call-second
-there.
+there (CPU seconds / (calls x window seconds)).
+
+``--profile N``: one level of ``N`` calls with py-spy sampling the server
+(``--py-spy PATH``, or on ``PATH``; cProfile otherwise), the samples sorted by
+layer and by stage of a call's path and scaled to ms of CPU per call-second.
 
 The last line of output is one JSON object with every number.
 """
@@ -750,13 +762,17 @@ def _cpu_busy() -> list[tuple[int, int]]:
     return cores
 
 
-async def quiet(limit_s: float = 30.0, busy_max: float = 0.25) -> float:
-    """Wait (at most ``limit_s``) until neither core is busier than ``busy_max`` (others' work).
+QUIET_LIMIT_S = [30.0]  # 0 for --quick: a smoke run does not wait
+
+
+async def quiet(busy_max: float = 0.25) -> float:
+    """Wait (at most ``QUIET_LIMIT_S``) until no core is busier than ``busy_max`` (others' work).
 
     The machine is shared: a test run of someone else's on the server's core is
     time the server waits for its CPU (reported per level as ``waited``).
     Returns the seconds waited.
     """
+    limit_s = QUIET_LIMIT_S[0]
     started = time.perf_counter()
     try:
         while time.perf_counter() - started < limit_s:
@@ -1186,8 +1202,46 @@ CATEGORIES = [
 ]
 
 
-def categorize(raw: str) -> dict[str, float]:
-    """Share of the samples of a py-spy ``raw`` (collapsed stacks) file per category."""
+#: The same samples by stage of the call's path: the first of these anywhere in the stack.
+STAGES = [
+    ("tone (", "fake TTS synthesis: tone() (numpy)"),
+    ("LoopLag", "benchmark: the lag sampler"),
+    ("resume_reading", "uvicorn: pause_reading/resume_reading around every message"),
+    ("pause_reading", "uvicorn: pause_reading/resume_reading around every message"),
+    ("Ingress.push", "in: session.push -> kernel -> inline nodes (VAD, fake ASR, turns)"),
+    ("CallEndpoint._read", "in: endpoint reader (starlette/uvicorn receive, CallServer)"),
+    ("_read_ready", "in: socket read + websockets parse (uvicorn data_received)"),
+    ("AudioOutput.run", "out: audio output pacing -> emission -> sink -> port"),
+    ("Call.run", "out: call output pump (port -> encode -> send queue)"),
+    ("Connection.writer", "out: writer -> starlette -> uvicorn -> websockets -> socket"),
+    ("TaskOwner._supervise", "fake LLM/TTS streams (kernel node tasks)"),
+    ("Timers", "kernel timers (fake ASR finals, turn manager)"),
+    # py-spy --nonblocking may lose the outer frames of a stack: its inner ones tell
+    (
+        "WebSocketsSansIOProtocol.send",
+        "out: writer -> starlette -> uvicorn -> websockets -> socket",
+    ),
+    ("WebSocket.send", "out: writer -> starlette -> uvicorn -> websockets -> socket"),
+    ("websockets/", "in: socket read + websockets parse (uvicorn data_received)"),
+    ("rspp/nodes/audio_output", "out: audio output pacing -> emission -> sink -> port"),
+    ("rspp/nodes/", "in: session.push -> kernel -> inline nodes (VAD, fake ASR, turns)"),
+    ("rspp/testing/", "fake LLM/TTS streams (kernel node tasks)"),
+    ("Queue.get", "in: endpoint reader (starlette/uvicorn receive, CallServer)"),
+    ("WebSocket.receive", "in: endpoint reader (starlette/uvicorn receive, CallServer)"),
+    ("rspp/transports/call/server", "in: endpoint reader (starlette/uvicorn receive, CallServer)"),
+    (
+        "rspp/transports/call/endpoint",
+        "in: endpoint reader (starlette/uvicorn receive, CallServer)",
+    ),
+]
+
+
+def categorize(raw: str, table: str = "layers") -> dict[str, float]:
+    """Share of the samples of a py-spy ``raw`` (collapsed stacks) file per category.
+
+    ``table``: "layers" (:data:`ENCLOSING`, then :data:`CATEGORIES`) or "stages"
+    (:data:`STAGES`; the rest is the event loop's own work).
+    """
     counts: dict[str, int] = {}
     total = 0
     for line in Path(raw).read_text().splitlines():
@@ -1195,6 +1249,11 @@ def categorize(raw: str) -> dict[str, float]:
         if not n.isdigit():
             continue
         frames = stack.split(";")
+        if table == "stages":
+            name = next((c for p, c in STAGES if p in stack), "event loop (select, scheduling)")
+            counts[name] = counts.get(name, 0) + int(n)
+            total += int(n)
+            continue
         name = next((c for pattern, c in ENCLOSING if pattern in stack), "other")
         for frame in reversed(frames if name == "other" else ()):
             found = next((c for pattern, c in CATEGORIES if pattern in frame), None)
@@ -1225,9 +1284,14 @@ async def part_profile(n: int, warmup_s: float, window_s: float, py_spy: str | N
             f" = {cpu:.3f} ms per call-second; lag p99 {row['server_lag_ms_p99']:.1f} ms"
         )
         shares = categorize(raw)
-        for name, share in shares.items():
-            log(f"  {share:6.1%}  {share * cpu:6.3f} ms/call-s  {name}")
-        print(json.dumps({"calls": n, "cpu_ms_per_call_s": cpu, "shares": shares}))
+        stages = categorize(raw, "stages")
+        for title, table in (("by layer", shares), ("by stage", stages)):
+            log(f"  {title}:")
+            for name, share in table.items():
+                log(f"  {share:6.1%}  {share * cpu:6.3f} ms/call-s  {name}")
+        print(
+            json.dumps({"calls": n, "cpu_ms_per_call_s": cpu, "layers": shares, "stages": stages})
+        )
         return
     path = str(out / f"transport-server-{n}.prof")
     log(f"profiling the server with cProfile, {n} calls, {window_s:g} s window -> {path}")
@@ -1282,6 +1346,7 @@ def main() -> None:
         f"{SERVER_CORE}, load generator on core {CLIENT_CORE}"
     )
     if args.quick:
+        QUIET_LIMIT_S[0] = 0.0
         frames, trials, barge_calls = 200, 6, 3
         levels, warmup, window = [1, 20], 2.0, 5.0
     else:
