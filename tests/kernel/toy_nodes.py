@@ -172,11 +172,13 @@ class StubbornRun(Node[NodeConfig]):
 class NaiveOutput(Node[NodeConfig]):
     """An output that knows nothing of interruptions: no clear_buffer, plays everything.
 
-    The kernel alone must keep the audio of an interrupted turn from the client.
+    The kernel alone must keep the audio of an interrupted turn from the client. It
+    does say when a reply has played out (``turn.done`` after the last chunk), as
+    every output must: without it a reply is only ended by the no-progress deadline.
     """
 
     consumes: ClassVar[tuple[str, ...]] = ("tts.audio", "tts.done")
-    produces: ClassVar[tuple[str, ...]] = ("audio.out",)
+    produces: ClassVar[tuple[str, ...]] = ("audio.out", "turn.done")
 
     def __init__(self, config: NodeConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
@@ -187,7 +189,7 @@ class NaiveOutput(Node[NodeConfig]):
         self.queue.put_nowait(event)
 
     async def run(self) -> None:
-        from rspp.events import AudioOut, TtsAudio
+        from rspp.events import AudioOut, TtsAudio, TtsDone, TurnDone
 
         while True:
             chunk = await self.queue.get()
@@ -195,6 +197,10 @@ class NaiveOutput(Node[NodeConfig]):
                 await asyncio.sleep(chunk.duration_ns / 1e9)
                 self.emitted += 1
                 self.emit(AudioOut(pcm=chunk.pcm, text=chunk.text, turn=chunk.turn), chunk)
+            elif isinstance(chunk, TtsDone):
+                while self.ctx.is_held(chunk.turn):  # a speculation: not played until released
+                    await asyncio.sleep(0.005)
+                self.emit(TurnDone(turn=chunk.turn), chunk)
 
 
 @register_kind
