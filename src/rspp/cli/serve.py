@@ -80,6 +80,7 @@ def serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         endpoint=EndpointConfig(allowed_origins=origins),
         resume_window_s=args.resume_window,
+        freeze_gc=True,
         extra_routes=_twilio_routes(args.public_url),
     )
     host = LocalHost(pipelines, max_sessions=args.max_calls)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import wave
@@ -34,10 +35,12 @@ def speech_like(
     return np.clip(samples, -32768, 32767).astype("<i2").tobytes()
 
 
+@functools.lru_cache(maxsize=256)
 def tone(
     duration_ms: float, sample_rate: int = 16000, *, freq: float = 220.0, level_db: float = -18.0
 ) -> bytes:
-    """A vowel-ish tone (fundamental plus two harmonics)."""
+    """A vowel-ish tone (fundamental plus two harmonics); cached (bytes are immutable:
+    the fake TTS asks for the same few chunks many times a second per call)."""
     n = int(sample_rate * duration_ms / 1000)
     t = np.arange(n) / sample_rate
     wave_ = (

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +59,9 @@ class ServerConfig:
 
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     resume_window_s: float = 30.0
+    #: After loading, move everything loaded out of the GC's full passes (``gc.freeze``):
+    #: for a server process (``rspp serve``), not for a test run that makes many apps.
+    freeze_gc: bool = False
     #: Extra routes (the Twilio endpoint) given the host.
     extra_routes: ExtraRoutes | None = None
 
@@ -94,7 +98,7 @@ def create_app(
             registry.bind(group)
             loading = None
             if isinstance(host, LocalHost) and not host.ready:
-                loading = group.create_task(host.load(status))
+                loading = group.create_task(_load(host, status, freeze=config.freeze_gc))
             try:
                 yield
             finally:
@@ -148,6 +152,14 @@ def create_app(
     app.state.auth = auth
     app.state.metrics = metrics
     return app
+
+
+async def _load(host: LocalHost, status: Callable[[str], None], *, freeze: bool) -> None:
+    await host.load(status)
+    if freeze:
+        # What is loaded now (models, modules) lives as long as the server: keep it out
+        # of the collector's full passes, which otherwise walk it all and stall every call.
+        gc.freeze()
 
 
 def local_host(pipelines: dict[str, Pipeline], max_calls: int) -> LocalHost:

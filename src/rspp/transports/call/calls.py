@@ -17,7 +17,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from rspp.events import Event
 from rspp.transports.auth import Auth
@@ -127,14 +126,6 @@ class Connection:
         self._wakeup.set()
 
 
-@dataclass
-class _Held:
-    """An output event held for a reconnect, with its audio duration."""
-
-    event: Event
-    ms: float
-
-
 class Call:
     """One call, across its connections."""
 
@@ -146,7 +137,10 @@ class Call:
         self.resume_token = resume_token
         self.window_s = window_s
         self.connection: Connection | None = None
-        self._held: deque[_Held] = deque()
+        # Output held for a reconnect and each one's audio duration (two deques, not one
+        # of wrapper objects: events are not tracked by the GC, wrappers would be).
+        self._held: deque[Event] = deque()
+        self._held_durations: deque[float] = deque()
         self._held_ms = 0.0
         self._evicted_pos: tuple[int, int] = (0, 0)
         self._evicted = 0
@@ -183,9 +177,9 @@ class Call:
         self._attached.set()
         if last_pos is None:
             return
-        for held in self._held:
-            if (held.event.inc, held.event.pos) > tuple(last_pos):
-                connection.deliver(held.event)
+        for event in self._held:
+            if (event.inc, event.pos) > tuple(last_pos):
+                connection.deliver(event)
 
     def detach(self, connection: Connection) -> None:
         """``connection`` is gone (if it is still the live one, the window starts)."""
@@ -230,13 +224,14 @@ class Call:
         if not event.pos:
             return
         ms = getattr(event, "duration_ns", 0) / 1e6
-        held = self._held
-        held.append(_Held(event, ms))
+        held, durations = self._held, self._held_durations
+        held.append(event)
+        durations.append(ms)
         self._held_ms += ms
         while held and (self._held_ms > REPLAY_AUDIO_S * 1000 or len(held) > REPLAY_MAX_EVENTS):
             old = held.popleft()
-            self._held_ms -= old.ms
-            self._evicted_pos = (old.event.inc, old.event.pos)
+            self._held_ms -= durations.popleft()
+            self._evicted_pos = (old.inc, old.pos)
             self._evicted += 1
 
 
