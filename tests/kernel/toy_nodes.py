@@ -14,8 +14,11 @@ from rspp.events import (
     Interrupt,
     LlmDelta,
     LlmDone,
+    TtsAudio,
+    TtsDone,
     TurnCommit,
     TurnConfirm,
+    TurnDone,
     TurnSpeculate,
 )
 from rspp.events import register as register_kind
@@ -168,6 +171,12 @@ class StubbornRun(Node[NodeConfig]):
                 self.swallowed += 1
 
 
+class NaiveOutputState(msgspec.Struct, kw_only=True):
+    """The chunks not yet played (the one being played included: it was not sent)."""
+
+    pending: list[TtsAudio | TtsDone]
+
+
 @registry.register("naive_output")
 class NaiveOutput(Node[NodeConfig]):
     """An output that knows nothing of interruptions: no clear_buffer, plays everything.
@@ -175,32 +184,46 @@ class NaiveOutput(Node[NodeConfig]):
     The kernel alone must keep the audio of an interrupted turn from the client. It
     does say when a reply has played out (``turn.done`` after the last chunk), as
     every output must: without it a reply is only ended by the no-progress deadline.
+    Its private queue is State: audio left out of a snapshot is audio never heard.
     """
 
     consumes: ClassVar[tuple[str, ...]] = ("tts.audio", "tts.done")
     produces: ClassVar[tuple[str, ...]] = ("audio.out", "turn.done")
+    State = NaiveOutputState
 
     def __init__(self, config: NodeConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.current: Event | None = None
         self.emitted = 0
 
     def on_event(self, event: Event) -> None:
         self.queue.put_nowait(event)
 
     async def run(self) -> None:
-        from rspp.events import AudioOut, TtsAudio, TtsDone, TurnDone
+        from rspp.events import AudioOut
 
         while True:
-            chunk = await self.queue.get()
+            self.current = chunk = await self.queue.get()
             if isinstance(chunk, TtsAudio):
                 await asyncio.sleep(chunk.duration_ns / 1e9)
                 self.emitted += 1
+                self.current = None
                 self.emit(AudioOut(pcm=chunk.pcm, text=chunk.text, turn=chunk.turn), chunk)
             elif isinstance(chunk, TtsDone):
                 while self.ctx.is_held(chunk.turn):  # noqa: ASYNC110 - a toy polls the gate
                     await asyncio.sleep(0.005)
+                self.current = None
                 self.emit(TurnDone(turn=chunk.turn), chunk)
+
+    def snapshot(self) -> NaiveOutputState:
+        queued = list(self.queue._queue)  # type: ignore[attr-defined]
+        pending = [self.current, *queued] if self.current is not None else queued
+        return NaiveOutputState(pending=[e for e in pending if isinstance(e, TtsAudio | TtsDone)])
+
+    def restore(self, state: NaiveOutputState) -> None:
+        for event in state.pending:
+            self.queue.put_nowait(event)
 
 
 @register_kind
