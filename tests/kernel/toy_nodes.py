@@ -309,6 +309,12 @@ class Debounce(Node[DebounceConfig]):
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, LlmDelta):
+            if self._pending and self._held[1] != event.turn:
+                # Text still held for another reply: it is that reply's (the kernel drops
+                # it if that reply is over), never the start of this one.
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._flush_moved()
             self._pending += event.text
             if self._timer is None:
                 due = self.ctx.now_ns() + round(self.config.delay_ms * 1e6)
@@ -327,7 +333,7 @@ class Debounce(Node[DebounceConfig]):
             self.emit(LlmDelta(text=text))
 
     def _flush_moved(self) -> None:
-        """The timer re-armed after a move: no cause to inherit, so say which reply."""
+        """Flush with the held reply's turn (a timer re-armed after a move has no cause)."""
         self._timer = None
         if self._pending:
             _, turn, origin = self._held
