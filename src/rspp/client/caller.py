@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import wave
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from rspp.client.call import Call
+from rspp.testing.caller import RealTimeMic
 
 __all__ = ["Caller", "Line", "Spoken", "demo_lines", "wav_line"]
 
@@ -85,7 +85,7 @@ def _is_speech(samples: np.ndarray) -> bool:
 
 
 @dataclass
-class Caller:
+class Caller(RealTimeMic):
     """Plays ``lines`` into ``call`` in real time; returns what was said when."""
 
     call: Call
@@ -153,34 +153,9 @@ class Caller:
         idle = loop.time() - call.record.last_activity
         return call.protocol.playout.playing == 0 and idle * 1000 >= self.tail_ms
 
-    async def _frame(self, pcm: bytes) -> None:
-        loop = asyncio.get_running_loop()
+    async def _send(self, pcm: bytes) -> None:
         speech = _is_speech(np.frombuffer(pcm, dtype="<i2").astype(np.float64))
         if self._in_speech and not speech:
             self.call.mark_speech_end(self._next)  # the end of the last speech frame
         self._in_speech = speech
         await self.call.send_audio(pcm)
-        self._next += self.frame_ms / 1000
-        await asyncio.sleep(max(0.0, self._next - loop.time()))
-
-    async def _listen_for(self, ms: float) -> None:
-        for _ in range(round(ms / self.frame_ms)):
-            await self._frame(self._silence)
-
-    async def _listen_until(self, ready: Callable[[], bool], index: int) -> None:
-        frames = 0
-        limit = self.max_wait_s * 1000 / self.frame_ms
-        while not ready():
-            if frames > limit:
-                raise TimeoutError(
-                    f"caller: no reply before line {index} within {self.max_wait_s} s"
-                )
-            await self._frame(self._silence)
-            frames += 1
-
-    async def _play(self, pcm: bytes) -> None:
-        step = self._frame_bytes
-        if len(pcm) % step:  # the last frame is padded with silence, not cut
-            pcm += bytes(step - len(pcm) % step)
-        for offset in range(0, len(pcm), step):
-            await self._frame(pcm[offset : offset + step])

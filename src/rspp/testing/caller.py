@@ -12,6 +12,7 @@ barge-in that expects no reply).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rspp.events import AudioIn
@@ -53,9 +54,62 @@ class Spoken:
     barge_in: bool = False
 
 
+class RealTimeMic:
+    """A microphone in real time: one frame every ``frame_ms``, silence between lines.
+
+    The pacing both scripted callers share (this one, into a session; and
+    :class:`rspp.client.Caller`, over the network). A subclass sets ``frame_ms``,
+    ``max_wait_s``, ``_silence`` (one frame of it), ``_frame_bytes`` and ``_next``
+    (the loop time the next frame is due), and sends a frame in :meth:`_send`.
+    """
+
+    frame_ms: float
+    max_wait_s: float
+    _silence: bytes
+    _frame_bytes: int
+    _next: float
+    #: How a timeout names the caller and what it waited to say.
+    _who = "caller"
+    _item = "line"
+
+    async def _send(self, pcm: bytes) -> None:
+        raise NotImplementedError
+
+    async def _frame(self, pcm: bytes) -> None:
+        await self._send(pcm)
+        loop = asyncio.get_running_loop()
+        self._next += self.frame_ms / 1000
+        await asyncio.sleep(max(0.0, self._next - loop.time()))
+
+    async def _listen_for(self, ms: float) -> None:
+        for _ in range(round(ms / self.frame_ms)):
+            await self._frame(self._silence)
+
+    async def _listen_until(self, ready: Callable[..., bool], index: int) -> None:
+        frames = 0
+        limit = self.max_wait_s * 1000 / self.frame_ms
+        while not ready():
+            if frames > limit:
+                raise TimeoutError(
+                    f"{self._who}: no reply before {self._item} {index} within {self.max_wait_s} s"
+                )
+            await self._frame(self._silence)
+            frames += 1
+
+    async def _play(self, pcm: bytes) -> None:
+        step = self._frame_bytes
+        if len(pcm) % step:  # the last frame is padded with silence, not cut
+            pcm += bytes(step - len(pcm) % step)
+        for offset in range(0, len(pcm), step):
+            await self._frame(pcm[offset : offset + step])
+
+
 @dataclass
-class ScriptedCaller:
+class ScriptedCaller(RealTimeMic):
     """Plays ``script`` into ``session``; ``sink`` is where the bot's replies arrive."""
+
+    _who = "scripted caller"
+    _item = "utterance"
 
     session: Session
     sink: RecordingSink
@@ -107,27 +161,8 @@ class ScriptedCaller:
         await self._listen_for(self.tail_ms)
         return self.spoken
 
-    async def _frame(self, pcm: bytes) -> None:
+    async def _send(self, pcm: bytes) -> None:
         self.session.push(AudioIn(pcm=pcm, sample_rate=self._rate))
-        loop = asyncio.get_running_loop()
-        self._next += self.frame_ms / 1000
-        await asyncio.sleep(max(0.0, self._next - loop.time()))
-
-    async def _listen_for(self, ms: float) -> None:
-        for _ in range(round(ms / self.frame_ms)):
-            await self._frame(self._silence)
-
-    async def _listen_until(self, ready: object, index: int) -> None:
-        assert callable(ready)
-        frames = 0
-        limit = self.max_wait_s * 1000 / self.frame_ms
-        while not ready():
-            if frames > limit:
-                raise TimeoutError(
-                    f"scripted caller: no reply before utterance {index} within {self.max_wait_s} s"
-                )
-            await self._frame(self._silence)
-            frames += 1
 
     async def _say(self, utterance: Utterance, seed: int) -> None:
         if utterance.audio is not None:
@@ -166,10 +201,3 @@ class ScriptedCaller:
 
     async def _speak(self, duration_ms: float, seed: int) -> None:
         await self._play(speech_like(duration_ms, self._rate, level_db=self.level_db, seed=seed))
-
-    async def _play(self, pcm: bytes) -> None:
-        step = self._frame_bytes
-        if len(pcm) % step:  # the last frame is padded with silence, not cut
-            pcm += bytes(step - len(pcm) % step)
-        for offset in range(0, len(pcm), step):
-            await self._frame(pcm[offset : offset + step])
