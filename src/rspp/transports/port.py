@@ -207,15 +207,16 @@ class LocalPort:
 
     def observe(self, event: Event) -> None:
         """The session's observer: the rest of what a caller sees."""
-        if event.kind == "audio.out":
-            return
+        kind = event.kind
+        if kind not in VISIBLE_KINDS:
+            return  # every audio frame, in and out, ends here
         if type(event) is Metrics and not event.name.startswith("turn"):
             return
         for visible in self._visible(event):
             if visible.pos:  # already sent through the sink
                 continue
             self._out.put(visible)
-        if event.kind == "session.end":
+        if kind == "session.end":
             self._out.ended = True
             self._out.wakeup.set()
 

@@ -35,7 +35,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from rspp.kernel import Pipeline, PipelineSpec
+from rspp.kernel import PipelineSpec
 from rspp.transports.auth import Auth
 from rspp.transports.call.calls import CallRegistry
 from rspp.transports.call.endpoint import CallEndpoint, EndpointConfig
@@ -160,8 +160,3 @@ async def _load(host: LocalHost, status: Callable[[str], None], *, freeze: bool)
         # What is loaded now (models, modules) lives as long as the server: keep it out
         # of the collector's full passes, which otherwise walk it all and stall every call.
         gc.freeze()
-
-
-def local_host(pipelines: dict[str, Pipeline], max_calls: int) -> LocalHost:
-    """The in-process host of ``rspp serve``."""
-    return LocalHost(pipelines, max_sessions=max_calls)

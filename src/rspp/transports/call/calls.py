@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
@@ -148,7 +147,6 @@ class Call:
         self._gone = asyncio.Event()
         self._gone.set()
         self.ended = False
-        self.started = time.monotonic()
         self.on_event: Callable[[Event], None] = lambda _: None
 
     @property
