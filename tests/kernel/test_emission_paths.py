@@ -310,3 +310,36 @@ def test_an_event_sent_to_two_sinks_is_one_event_with_one_position() -> None:
     shared = {ev.pos for ev in b.events}  # b only gets control events, each also sent to a
     assert shared <= {ev.pos for ev in a.events}
     assert len(a.events) > len(b.events)
+
+
+@pytest.mark.parametrize("early_s", [0.0, 1e-10])
+def test_a_deadline_at_the_instant_of_an_input_comes_first_whatever_the_loop_does(
+    early_s: float,
+) -> None:
+    # A frame is due at T and a barge-in arrives at T. The event loop may run the two
+    # in either order (its order of equal deadlines depends on its history; here the
+    # push is even scheduled a tenth of a nanosecond before the frame's timer, the same
+    # session nanosecond): the session plays the frame first either way, so a session
+    # restored from a snapshot and fed the same input decides to the frame like this one.
+    pipeline = voice_pipeline()
+    sink = TickSink()
+    due: list[int] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with pipeline.session(sinks={"client": sink}) as session:
+            session.push(TurnCommit(text="talk"))
+            await sink.wait_for(lambda: len(sink.audio(1)) >= 10)
+            output = session.node("output")
+            at = output._timer.when_ns  # the next frame's deadline
+            due.append(at)
+            when = session.clock.loop_time(at) - early_s
+            assert round(when * 1e9) + session.clock.offset_ns == at
+            loop.call_at(when, lambda: session.push(Interrupt(reason="client")))
+            await asyncio.sleep(2.0)
+
+    run_virtual(main())
+    frames = [t for t, ev in sink.records if isinstance(ev, AudioOut)]
+    assert frames[-1] == due[0]  # the frame due at the barge-in's instant was played
+    clear = next(t for t, ev in sink.ticks if isinstance(ev, ClearBuffer))
+    assert all(t < clear for t, ev in sink.ticks if isinstance(ev, AudioOut))

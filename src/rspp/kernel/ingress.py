@@ -71,6 +71,11 @@ class Ingress:
         session = self.session
         if session.state != "running":
             raise SessionClosed(f"session {session.id} is not running ({session.state})")
+        timers = session.timers
+        if timers:  # the session's deadlines up to now come first (see rspp.kernel.timers)
+            timers.fire_due(session.clock.now_ns())
+            if session.state != "running":  # a deadline closed it
+                raise SessionClosed(f"session {session.id} is not running ({session.state})")
         if seq is not None and seq <= self.seq:
             session.stats.rejected["duplicate"] += 1
             return False

@@ -7,6 +7,14 @@ cause's turn: a text-debouncing node's delayed ``llm.delta`` belongs to the
 reply it came from, and an interruption of that reply drops it like any other
 output of it. Exceptions are contained and reported as the node's failure.
 Closing the session cancels every timer.
+
+Order at one instant: a timer due at or before the session time of an input
+fires before that input is handled (the ingress calls :meth:`Timers.fire_due`),
+whatever order the event loop would have run them in. A frame of audio due at
+the very nanosecond a barge-in arrives is therefore played (or not) the same
+way in a session that never moved and in one restored from a snapshot and fed
+the same input at the same times: the loop's order of equal deadlines depends
+on its history, the session's does not.
 """
 
 from __future__ import annotations
@@ -27,13 +35,16 @@ __all__ = ["Timer", "Timers"]
 class Timer:
     """A pending timer; ``cancel()`` it if it is no longer needed."""
 
-    __slots__ = ("_handle", "_owner", "when_ns")
+    __slots__ = ("_fire", "_handle", "_owner", "number", "when_ns")
 
-    def __init__(self, owner: set[Timer], when_ns: int) -> None:
+    def __init__(self, owner: set[Timer], when_ns: int, number: int) -> None:
         self._owner = owner
         self._handle: asyncio.TimerHandle | None = None
+        self._fire: Callable[[], None] | None = None
         #: When it fires (session time, ns).
         self.when_ns = when_ns
+        #: Arming order (ties of ``when_ns`` fire in it).
+        self.number = number
 
     def cancel(self) -> None:
         if self._handle is not None:
@@ -48,11 +59,12 @@ class Timer:
 class Timers:
     """The set of a session's pending timers."""
 
-    __slots__ = ("_pending", "_session")
+    __slots__ = ("_armed", "_pending", "_session")
 
     def __init__(self, session: Session) -> None:
         self._session = session
         self._pending: set[Timer] = set()
+        self._armed = 0
 
     def call_at(
         self,
@@ -67,15 +79,30 @@ class Timers:
         if session.state not in ("new", "running"):  # "new": a node restoring its deadlines
             return None
         loop = asyncio.get_running_loop()
-        timer = Timer(self._pending, when_ns)
+        self._armed += 1
+        timer = Timer(self._pending, when_ns, self._armed)
 
         def fire() -> None:
             self._pending.discard(timer)
             runner.call_as(cause, callback, args)
 
+        timer._fire = fire
         timer._handle = loop.call_at(session.clock.loop_time(when_ns), fire)
         self._pending.add(timer)
         return timer
+
+    def fire_due(self, now_ns: int) -> None:
+        """Fire now, in order, the timers due at or before ``now_ns`` that the loop has not run."""
+        while self._pending:
+            due = [t for t in self._pending if t.when_ns <= now_ns]
+            if not due:
+                return
+            # One at a time: a callback may cancel or arm timers (also due ones).
+            timer = min(due, key=_order)
+            if timer._handle is not None:
+                timer._handle.cancel()
+            assert timer._fire is not None
+            timer._fire()
 
     def cancel_all(self) -> None:
         for timer in list(self._pending):
@@ -84,3 +111,7 @@ class Timers:
 
     def __len__(self) -> int:
         return len(self._pending)
+
+
+def _order(timer: Timer) -> tuple[int, int]:
+    return timer.when_ns, timer.number

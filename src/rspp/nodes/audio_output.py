@@ -4,7 +4,9 @@ Synthesized audio arrives in chunks faster than real time (10 s of reply can
 be buffered here). The node cuts it into frames and releases one frame per
 frame duration (``lead_ms`` ahead of real time, to cover the client's jitter
 buffer) as ``audio.out``; the kernel hands each frame to the sink bound to this
-node and records it as delivered.
+node and records it as delivered. The pacing runs on one session timer (no task
+of its own): a frame leaves from the timer's callback, or at once when audio
+arrives with nothing playing.
 
 Barge-in: on ``control.clear_buffer`` the buffered frames of the cleared turns
 are dropped at once and the pacing restarts, so the next reply starts without
@@ -30,7 +32,6 @@ plays on from the very frame it had reached.
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from typing import Annotated, Any, ClassVar
 
@@ -97,7 +98,9 @@ class AudioOutput(Node[AudioOutputConfig]):
         self._buffered_ns = 0
         self._next_ns = 0  # when the next frame is due (session clock)
         self._sent_ns: dict[int, int] = {}  # turn -> audio sent
-        self._waiter: asyncio.Future[None] | None = None
+        self._lead_ns = int(config.lead_ms * 1e6)
+        self._timer: Timer | None = None  # when the next frame is due
+        self._playing = False
         self.paused = False
 
     @property
@@ -120,7 +123,7 @@ class AudioOutput(Node[AudioOutputConfig]):
                 )
                 return
             self._enqueue_frames(event)
-        self._wake()
+        self._play()
 
     def _enqueue_frames(self, chunk: TtsAudio) -> None:
         bytes_per_frame = int(chunk.sample_rate * self.config.frame_ms / 1000) * 2 * chunk.channels
@@ -147,7 +150,7 @@ class AudioOutput(Node[AudioOutputConfig]):
             if isinstance(event, Resume):
                 self.paused = False
             self._next_ns = 0  # continue from here, not from the old schedule
-            self._wake()
+            self._play_soon()
             return
         if isinstance(event, ClearBuffer):
             buffer = self._buffer
@@ -162,54 +165,69 @@ class AudioOutput(Node[AudioOutputConfig]):
             for turn in [t for t in self._sent_ns if t <= event.turn]:
                 del self._sent_ns[turn]
             self._next_ns = 0
-            self._wake()
+            self._play_soon()
 
     # -- playout -----------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        lead_ns = int(self.config.lead_ms * 1e6)
+    def _play(self) -> None:
+        """Send what is due now; arm a timer for what is due next.
+
+        Driven by the session's timers, not a task: a frame goes out from the
+        timer's callback (no task switch per frame), and the kernel's rule that
+        a deadline at or before an input's instant fires first makes a frame due
+        at the very instant of a barge-in play the same way in every run.
+        """
+        if self._playing:
+            return  # re-entered (a sink that reacts to a frame): the loop below re-reads
+        self._playing = True
+        try:
+            self._arm(self._send_due())
+        finally:
+            self._playing = False
+
+    def _send_due(self) -> int | None:
+        """Send the frames (and ``turn.done``) due now; when the next is due (None: not yet)."""
+        lead_ns = self._lead_ns
+        buffer = self._buffer
         while True:
-            if not self._buffer or self.paused or self.ctx.is_held(self._buffer[0].turn):
-                await self._sleep(loop, None)  # woken by new audio, a release or a resume
-                continue
+            if not buffer or self.paused or self.ctx.is_held(buffer[0].turn):
+                return None  # played on by new audio, a release or a resume
             now = self.ctx.now_ns()
-            item = self._buffer[0]
+            item = buffer[0]
             if isinstance(item, TtsDone):
                 if self._next_ns - now > _SLACK_NS:  # the last frame is still playing
-                    await self._sleep(loop, self._next_ns)
-                    continue
-                self._buffer.popleft()
+                    return self._next_ns
+                buffer.popleft()
                 sent = self._sent_ns.pop(item.turn, 0)
                 self.emit(TurnDone(turn=item.turn, delivered_ms=sent / 1e6), item)
                 continue
             due = max(self._next_ns, now)
             if due - lead_ns - now > _SLACK_NS:
-                await self._sleep(loop, due - lead_ns)
-                continue  # the buffer may have changed while we slept
-            self._buffer.popleft()
+                return due - lead_ns
+            buffer.popleft()
             self._buffered_ns -= item.duration_ns
             self._sent_ns[item.turn] = self._sent_ns.get(item.turn, 0) + item.duration_ns
             self._next_ns = due + item.duration_ns
             self.emit(item, item)
 
-    async def _sleep(self, loop: asyncio.AbstractEventLoop, at_ns: int | None) -> None:
-        """Sleep until session time ``at_ns`` (forever if None) or until the buffer changes."""
-        waiter = self._waiter = loop.create_future()
-        timer: Timer | None = None
-        if at_ns is not None:
-            timer = self.ctx.call_at(at_ns, self._wake)
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-            if timer is not None:
-                timer.cancel()
+    def _play_soon(self) -> None:
+        """Play on once the control being dispatched is done (not from inside it).
 
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        Inside it, frames would reach the sinks and observers before the control
+        itself -- a client would get a reply's first frames and then the
+        ``control.clear_buffer`` that makes it drop them.
+        """
+        self._arm(self.ctx.now_ns())
+
+    def _arm(self, at_ns: int | None) -> None:
+        timer = self._timer
+        if timer is not None:
+            if at_ns is not None and timer.when_ns == at_ns and timer.pending:
+                return
+            timer.cancel()
+            self._timer = None
+        if at_ns is not None:
+            self._timer = self.ctx.call_at(at_ns, self._play)
 
     # -- moving a session ----------------------------------------------------------------
 
@@ -227,3 +245,4 @@ class AudioOutput(Node[AudioOutputConfig]):
         self._next_ns = state.next_ns
         self.paused = state.paused
         self._sent_ns = dict(state.sent_ns)
+        self._arm(self.ctx.now_ns())  # plays on once the session runs
