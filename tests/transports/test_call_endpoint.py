@@ -13,6 +13,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -21,12 +22,14 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from rspp.demo import DemoLine, demo_pipeline
+from rspp.kernel import Overloaded
 from rspp.testing.audio import silence, speech_like
 from rspp.testing.server import serving
 from rspp.transports.auth import Auth
 from rspp.transports.call.calls import Connection, SlowConsumer
-from rspp.transports.call.endpoint import EndpointConfig
-from rspp.transports.call.server import Limits
+from rspp.transports.call.endpoint import EndpointConfig, _DirectReader, _Disconnected
+from rspp.transports.call.server import CallServer, Limits
+from rspp.transports.metrics import ServerMetrics
 from rspp.transports.port import LocalHost
 from rspp.transports.server import ServerConfig, create_app
 
@@ -38,6 +41,16 @@ def run(coro: Awaitable[None]) -> None:
     asyncio.run(asyncio.wait_for(coro, 30))  # type: ignore[arg-type]
 
 
+DIRECT = [True]
+
+
+@pytest.fixture(autouse=True, params=["direct", "asgi"])
+def mode(request: pytest.FixtureRequest) -> None:
+    """Every test against both ways the endpoint reads and writes: the server's direct
+    mode (``rspp serve``) and plain ASGI (any other server)."""
+    DIRECT[0] = request.param == "direct"
+
+
 @asynccontextmanager
 async def server(
     *, max_sessions: int = 10, endpoint: EndpointConfig | None = None
@@ -45,7 +58,7 @@ async def server(
     host = LocalHost({"demo": demo_pipeline([LINE, LINE])}, max_sessions=max_sessions)
     config = ServerConfig(endpoint=endpoint or EndpointConfig())
     app = create_app(host, auth=Auth(static_token=TOKEN), config=config)
-    async with serving(app) as address:
+    async with serving(app, direct=DIRECT[0]) as address:
         yield address, app
 
 
@@ -314,9 +327,107 @@ def test_rspp_serve_mounts_twilio_when_its_auth_token_is_set(
         host = LocalHost({"demo": demo_pipeline([LINE])})
         config = ServerConfig(extra_routes=_twilio_routes(None))
         app = create_app(host, auth=Auth(static_token=TOKEN), config=config)
-        async with serving(app) as address, httpx.AsyncClient() as client:
+        async with serving(app, direct=DIRECT[0]) as address, httpx.AsyncClient() as client:
             unsigned = await client.post(f"http://{address}/twilio/voice", data={"From": "x"})
             assert unsigned.status_code == 403
             assert await metric(address, "rspp_twilio_total") >= 1
 
     run(main())
+
+
+def test_input_sent_right_after_the_hello_is_taken_whole_and_in_order() -> None:
+    async def main() -> None:
+        async with server() as (address, app):
+            ws = await connect(address)
+            await ws.send(hello())  # and at once, before call.ready, 25 frames of audio
+            for i in range(25):
+                await ws.send(speech_like(20.0, 16000, seed=i))
+            ready = await next_of(ws, "call.ready")
+            session = app.state.registry.calls[ready["session"]].port.session
+            for _ in range(100):
+                if session.ingress.seq >= 25:
+                    break
+                await asyncio.sleep(0.01)
+            assert session.ingress.seq == 25  # every frame admitted once, none lost
+            await ws.close()
+
+    run(main())
+
+
+class FullSession:
+    """Fake port around the reader under test: refuses the first pushes (Overloaded)."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.pushed: list[str] = []
+
+    def push_nowait(self, event: Any) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise Overloaded("turns", event.kind, 4)
+        self.pushed.append(event.text)
+
+    async def push(self, event: Any) -> None:
+        await asyncio.sleep(0.01)  # waits for room
+        self.pushed.append(event.text)
+
+    def report_playback(self, turn: int, played_ms: float) -> None:
+        self.pushed.append(f"played {played_ms:g}")
+
+
+class PausingSocket:
+    def __init__(self) -> None:
+        self.reading: list[bool] = []
+        self.buffered = 0
+
+    def send(self, frame: str | bytes) -> bool:
+        return True
+
+    def pause_reading(self) -> None:
+        self.reading.append(False)
+
+    def resume_reading(self) -> None:
+        self.reading.append(True)
+
+
+def test_direct_mode_backpressure_keeps_the_order_and_pauses_the_socket() -> None:
+    async def main() -> None:
+        proto = CallServer(Limits())
+        proto.receive_text(hello(), 0.0)
+        proto.ready(
+            session="s",
+            pipeline="demo",
+            pipeline_rate=16000,
+            resume_token="r",
+            resume_window_s=30.0,
+            lead_ms=0.0,
+        )
+        port = FullSession(refusals=1)
+        connection = Connection(proto.encode, _no_send, max_queued_bytes=100_000)
+        reader = _DirectReader(proto, SimpleNamespace(port=port), connection, ServerMetrics())
+        socket = PausingSocket()
+        reader.on_open(socket)  # type: ignore[arg-type]
+        task = asyncio.create_task(reader.run())
+        for i in range(4):
+            reader.on_message(json.dumps({"kind": "user.text", "text": f"t{i}"}), None)
+        played = {"kind": "playback.position", "turn": 1, "played_ms": 20}
+        reader.on_message(json.dumps(played), None)  # a report does not wait for input
+        assert port.pushed == ["played 20"]
+        assert socket.reading == [False]  # paused while input waits
+        for _ in range(100):  # the reader's task pushes what waited, in order
+            await asyncio.sleep(0.01)
+            if len(port.pushed) == 5:
+                break
+        assert port.pushed == ["played 20", "t0", "t1", "t2", "t3"]
+        assert socket.reading == [False, True]
+        reader.on_message(json.dumps({"kind": "user.text", "text": "t4"}), None)
+        assert port.pushed[-1] == "t4"  # straight through again
+        reader.on_closed()
+        with pytest.raises(_Disconnected):
+            await asyncio.wait_for(task, 5)
+
+    run(main())
+
+
+async def _no_send(frame: str | bytes) -> None:
+    raise AssertionError("a direct connection writes to its socket")

@@ -27,14 +27,19 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Any, port: int | None = None) -> AsyncIterator[str]:
-    """Serve ``app``; yields ``"127.0.0.1:PORT"``."""
+async def serving(app: Any, port: int | None = None, *, direct: bool = True) -> AsyncIterator[str]:
+    """Serve ``app`` as ``rspp serve`` does; yields ``"127.0.0.1:PORT"``.
+
+    ``direct=False``: uvicorn's plain ``websockets-sansio`` protocol (the call
+    endpoint's ASGI path) instead of :class:`~rspp.transports.direct.DirectWebSocketProtocol`.
+    """
     import uvicorn
 
+    from rspp.transports.direct import DirectWebSocketProtocol
+
     port = port or free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio"
-    )
+    ws: Any = DirectWebSocketProtocol if direct else "websockets-sansio"
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws=ws)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:

@@ -84,12 +84,26 @@ class SessionPort(Protocol):
         """
         ...
 
+    def push_nowait(self, event: Event) -> None:
+        """Feed one input event now, or raise :class:`~rspp.kernel.Overloaded` (then
+        :meth:`push` it, which waits); the other errors as :meth:`push`'s."""
+        ...
+
     def report_playback(self, turn: int, played_ms: float) -> None:
         """The client has played ``played_ms`` of reply ``turn``'s audio (never blocks)."""
         ...
 
     def output(self) -> AsyncIterator[Event]:
         """What the caller sees, in order; ends when the session has ended."""
+        ...
+
+    def listen(self, callback: Callable[[Event], None]) -> None:
+        """Hand the output to ``callback`` as it comes instead (``output()`` then only ends).
+
+        Called in order, from wherever the port gets its output (the session's
+        own sink call for a local one): no queue, no task switch per frame. The
+        callback must be quick and must not raise; what it raises is logged.
+        """
         ...
 
     async def close(self, reason: str = "closed") -> None:
@@ -170,8 +184,16 @@ class _Output:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: int = 0
     ended: bool = False
+    callback: Callable[[Event], None] | None = None
 
     def put(self, event: Event) -> None:
+        callback = self.callback
+        if callback is not None:
+            try:
+                callback(event)
+            except Exception:
+                log.exception("a port's output listener failed on %s", event.kind)
+            return
         if len(self.events) >= self.limit:
             # The consumer is stuck: keep the newest (a clear must not wait behind stale text).
             self.events.popleft()
@@ -251,9 +273,18 @@ class LocalPort:
             except Overloaded:
                 await self.session.writable(event.kind)
 
+    def push_nowait(self, event: Event) -> None:
+        self.session.push(event)
+
     def report_playback(self, turn: int, played_ms: float) -> None:
         with contextlib.suppress(SessionClosed):
             self.session.push(PlaybackPosition(turn=turn, played_ms=played_ms))
+
+    def listen(self, callback: Callable[[Event], None]) -> None:
+        out = self._out
+        out.callback = callback
+        while out.events:
+            out.put(out.events.popleft())
 
     async def output(self) -> AsyncIterator[Event]:
         out = self._out

@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from rspp.events import Event
 from rspp.transports.auth import Auth
@@ -31,6 +32,15 @@ REPLAY_AUDIO_S = 10.0
 REPLAY_MAX_EVENTS = 4096
 
 Frame = str | bytes
+
+
+class DirectWriter(Protocol):
+    """A socket that takes a frame at once (:class:`rspp.transports.direct.DirectSocket`)."""
+
+    def send(self, frame: Frame) -> bool: ...
+
+    @property
+    def buffered(self) -> int: ...
 
 
 class SlowConsumer(Exception):
@@ -59,6 +69,16 @@ class Connection:
         self.overflowed = False
         self.closed = False
         self._sending: asyncio.Task[None] | None = None
+        self._socket: DirectWriter | None = None
+
+    def use(self, socket: DirectWriter) -> None:
+        """Write frames straight to ``socket`` from now on, in the caller's own call.
+
+        No queue and no writer task per frame; what the socket's transport has
+        not yet handed to the kernel counts against the same bound (then 4508).
+        """
+        self._socket = socket
+        self._wakeup.set()  # the writer sends what was queued before
 
     def deliver(self, event: Event) -> None:
         frame = self.encode(event)
@@ -70,6 +90,14 @@ class Connection:
 
     def put(self, frame: Frame) -> None:
         if self.closed or self.overflowed:
+            return
+        socket = self._socket
+        if socket is not None and not self._queue:
+            if socket.buffered + len(frame) > self._max:
+                self.overflowed = True
+                self._wakeup.set()
+            else:
+                socket.send(frame)
             return
         self._queue.append(frame)
         self._queued += len(frame)
@@ -90,6 +118,9 @@ class Connection:
             while queue:
                 frame = queue.popleft()
                 self._queued -= len(frame)
+                if self._socket is not None:
+                    self._socket.send(frame)
+                    continue
                 self._sending = me
                 try:
                     await self._send(frame)
@@ -114,7 +145,10 @@ class Connection:
         while self._queue and not self.overflowed:
             frame = self._queue.popleft()
             self._queued -= len(frame)
-            await self._send(frame)
+            if self._socket is not None:
+                self._socket.send(frame)
+            else:
+                await self._send(frame)
 
     def close(self, *, flush: bool = True) -> None:
         """No more frames; the writer sends what is queued (``flush``) and returns."""
@@ -192,12 +226,9 @@ class Call:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._expire())
+                self.port.listen(self._output)  # delivered in the session's own call
                 async for event in self.port.output():
-                    self._hold(event)
-                    self.on_event(event)
-                    conn = self.connection
-                    if conn is not None:
-                        conn.deliver(event)
+                    self._output(event)  # (a port that does not listen)
                 raise _SessionEnded
         except* _SessionEnded:
             pass
@@ -207,6 +238,13 @@ class Call:
             if conn is not None:
                 conn.close()
             await self.port.close("call_ended")
+
+    def _output(self, event: Event) -> None:
+        self._hold(event)
+        self.on_event(event)
+        conn = self.connection
+        if conn is not None:
+            conn.deliver(event)
 
     async def _expire(self) -> None:
         """End the call when no connection has been live for the resume window."""

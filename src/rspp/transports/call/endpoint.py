@@ -14,14 +14,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from rspp.events import Error
-from rspp.kernel import InvalidInput, SessionClosed
+from rspp.kernel import InvalidInput, Overloaded, SessionClosed
 from rspp.transports.auth import origin_allowed
 from rspp.transports.call.calls import Call, CallRegistry, Connection, Frame, SlowConsumer
 from rspp.transports.call.server import (
@@ -35,6 +36,7 @@ from rspp.transports.call.server import (
     Start,
 )
 from rspp.transports.call.wire import encode_message
+from rspp.transports.direct import DirectSocket, direct_of
 from rspp.transports.port import HostFull
 
 __all__ = ["CallEndpoint", "EndpointConfig"]
@@ -81,7 +83,11 @@ class CallEndpoint:
         connection: Connection | None = None
         try:
             call, connection = await self._handshake(ws, proto)
-            await self._serve(ws, proto, call, connection)
+            direct = direct_of(ws.scope)
+            if direct is not None:
+                await self._serve_direct(direct, proto, call, connection)
+            else:
+                await self._serve(ws, proto, call, connection)
         except CallClosed as closed:
             metrics.closed.labels(str(closed.code)).inc()
             log.info("call connection closed: %s", closed)
@@ -162,8 +168,22 @@ class CallEndpoint:
     async def _serve(
         self, ws: WebSocket, proto: CallServer, call: Call, connection: Connection
     ) -> None:
+        await self._run(self._read(ws, proto, call, connection), call, connection)
+
+    async def _serve_direct(
+        self, direct: Any, proto: CallServer, call: Call, connection: Connection
+    ) -> None:
+        """The server's direct mode: messages handled in ``data_received``, frames written
+        at once (see :mod:`rspp.transports.direct`); only what must wait runs in a task."""
+        reader = _DirectReader(proto, call, connection, self.registry.metrics)
+        direct["take_over"](reader)
+        await self._run(reader.run(), call, connection)
+
+    async def _run(
+        self, read: Coroutine[Any, Any, NoReturn], call: Call, connection: Connection
+    ) -> None:
         # Two tasks owned here: whichever ends first ends the connection.
-        reader = asyncio.create_task(self._read(ws, proto, call, connection))
+        reader = asyncio.create_task(read)
         writer = asyncio.create_task(connection.writer())
         try:
             done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
@@ -214,6 +234,107 @@ class CallEndpoint:
                     connection.put(proto.bye(action.reason))
                     await port.close("client_bye")
                     raise CallClosed(1000, "bye")
+
+
+class _DirectReader:
+    """A connection's input in direct mode: each message handled in the protocol's call.
+
+    What cannot be done there -- a push the session refuses for now (backpressure),
+    the end of the call -- is left to :meth:`run`, in order: while anything waits,
+    later actions wait behind it and the socket's reading is paused.
+    """
+
+    def __init__(self, proto: CallServer, call: Call, connection: Connection, metrics: Any) -> None:
+        self.proto = proto
+        self.port = call.port
+        self.connection = connection
+        self.metrics = metrics
+        self._waiting: deque[Input | Ended] = deque()
+        self._failure: BaseException | None = None
+        self._attention = asyncio.Event()
+        self.socket: DirectSocket | None = None
+
+    # -- from the protocol (must not raise) ------------------------------------------------
+
+    def on_open(self, socket: DirectSocket) -> None:
+        self.socket = socket
+        self.connection.use(socket)
+
+    def on_message(self, text: str | None, data: bytes | None) -> None:
+        if self._failure is not None:
+            return
+        now = time.monotonic()
+        try:
+            actions = (
+                self.proto.receive_text(text, now)
+                if text is not None
+                else self.proto.receive_bytes(data or b"", now)
+            )
+        except CallClosed as closed:  # a fatal protocol error of the client's
+            self._fail(closed)
+            return
+        for action in actions:
+            if self._waiting and isinstance(action, (Input, Ended)):
+                self._waiting.append(action)
+                continue
+            if isinstance(action, Input):
+                self._push(action)
+            elif isinstance(action, Played):
+                self.port.report_playback(action.turn, action.played_ms)
+            elif isinstance(action, Refused):
+                self.metrics.rejected.labels(action.code).inc()
+                self.connection.put(_error(action.code, action.message))
+            elif isinstance(action, Ended):
+                self._waiting.append(action)
+                self._attention.set()
+
+    def on_closed(self) -> None:
+        self._fail(_Disconnected())
+
+    def _push(self, action: Input) -> None:
+        try:
+            self.port.push_nowait(action.event)
+        except Overloaded:
+            self._waiting.append(action)  # run() waits for room; later input waits behind
+            self._attention.set()
+            if self.socket is not None:
+                self.socket.pause_reading()
+        except InvalidInput as exc:
+            self.metrics.rejected.labels("invalid_input").inc()
+            self.connection.put(_error("invalid_input", str(exc)))
+        except SessionClosed:
+            self._fail(CallClosed(1000, "the call has ended"))
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+        self._attention.set()
+
+    # -- the task ----------------------------------------------------------------------------
+
+    async def run(self) -> NoReturn:
+        waiting = self._waiting
+        while True:
+            await self._attention.wait()
+            self._attention.clear()
+            while waiting and self._failure is None:
+                action = waiting[0]
+                if isinstance(action, Ended):
+                    self.connection.put(self.proto.bye(action.reason))
+                    await self.port.close("client_bye")
+                    raise CallClosed(1000, "bye")
+                try:
+                    await self.port.push(action.event)
+                except InvalidInput as exc:
+                    self.metrics.rejected.labels("invalid_input").inc()
+                    self.connection.put(_error("invalid_input", str(exc)))
+                except SessionClosed:
+                    raise CallClosed(1000, "the call has ended") from None
+                waiting.popleft()
+            if self._failure is not None:
+                raise self._failure
+            if self.socket is not None:
+                self.socket.resume_reading()
 
 
 async def _receive(ws: WebSocket) -> tuple[str | None, bytes | None]:
