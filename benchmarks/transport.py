@@ -74,6 +74,7 @@ The last line of output is one JSON object with every number.
 from __future__ import annotations
 
 import argparse
+import collections
 import asyncio
 import contextlib
 import cProfile
@@ -125,7 +126,7 @@ FRAME_BYTES = RATE * FRAME_MS // 1000 * 2
 LEAD_MS = 60.0
 SERVER_CORE, CLIENT_CORE = 0, 1
 LAG_TICK_S = 0.010
-WS_IMPL = ["websockets-sansio"]  # the server's uvicorn WebSocket implementation (--ws)
+WS_IMPL = ["direct"]  # the server's uvicorn WebSocket implementation (--ws)
 
 CALL_USER = "Weather in Paris tomorrow?"  # 4 words: the partials have them all by 1.5 s
 CALL_REPLY = "It will be mild and cloudy, fourteen degrees."  # ~2.7 s of fake speech
@@ -242,7 +243,16 @@ class LoopLag:
             "gc_full_passes": sum(1 for g, _ in self.gc_pauses if g == 2),
             "gc_pause_ms_max": max((d for _, d in self.gc_pauses), default=0.0) * 1000,
             "gc_ms_total": sum(d for _, d in self.gc_pauses) * 1000,
+            "gc_passes": len(self.gc_pauses),
+            "gc_passes_over_10ms": sum(1 for _, d in self.gc_pauses if d > 0.010),
         }
+
+
+def gc_census() -> dict[str, Any]:
+    """Objects the collector tracks (outside the frozen start-up heap), the commonest types."""
+    objects = gc.get_objects()
+    types = collections.Counter(type(o).__qualname__ for o in objects)
+    return {"gc_tracked": len(objects), "gc_top": types.most_common(12)}
 
 
 async def serve(port: int, name: str, profile: str | None, ws: str) -> None:
@@ -253,6 +263,7 @@ async def serve(port: int, name: str, profile: str | None, ws: str) -> None:
 
     from rspp.transports.auth import Auth
     from rspp.transports.call.endpoint import EndpointConfig
+    from rspp.transports.direct import DirectWebSocketProtocol
     from rspp.transports.port import LocalHost
     from rspp.transports.server import ServerConfig, create_app
 
@@ -281,6 +292,7 @@ async def serve(port: int, name: str, profile: str | None, ws: str) -> None:
                 "waited_s": run_delay_s() - window["waited"],
                 "active": host.active(),
                 **lag.summary(),
+                **gc_census(),
             }
         )
 
@@ -291,7 +303,10 @@ async def serve(port: int, name: str, profile: str | None, ws: str) -> None:
         host,
         auth=Auth(static_token=TOKEN),
         config=ServerConfig(
-            endpoint=EndpointConfig(lead_ms=LEAD_MS), resume_window_s=5.0, extra_routes=routes
+            endpoint=EndpointConfig(lead_ms=LEAD_MS),
+            resume_window_s=5.0,
+            extra_routes=routes,
+            freeze_gc=True,  # as rspp serve
         ),
     )
     server = uvicorn.Server(
@@ -300,7 +315,7 @@ async def serve(port: int, name: str, profile: str | None, ws: str) -> None:
             host="127.0.0.1",
             port=port,
             log_level="warning",
-            ws=ws,  # rspp serve's: websockets-sansio
+            ws=DirectWebSocketProtocol if ws == "direct" else ws,  # rspp serve's: direct
             backlog=4096,
             timeout_graceful_shutdown=3,
         )
@@ -1091,6 +1106,11 @@ async def run_level(
         "server_lag_ms_max": stats["lag_ms_max"],
         "server_gc_pause_ms_max": stats["gc_pause_ms_max"],
         "server_gc_full_passes": stats["gc_full_passes"],
+        "server_gc_tracked_per_call": stats["gc_tracked"] / n,
+        "server_gc_passes": stats["gc_passes"],
+        "server_gc_passes_over_10ms": stats["gc_passes_over_10ms"],
+        "server_gc_ms_total": stats["gc_ms_total"],
+        "server_gc_top": stats["gc_top"],
         "server_cpu_share": stats["cpu_s"] / stats["wall_s"],
         # the share of the window the server was ready to run but its core ran something else
         "server_waited_share": stats["waited_s"] / stats["wall_s"],
@@ -1326,8 +1346,9 @@ def main() -> None:
     parser.add_argument("--profile-out")
     parser.add_argument(
         "--ws",
-        default="websockets-sansio",
-        help="uvicorn's WebSocket implementation for the server (rspp serve's by default)",
+        default="direct",
+        help="the server's WebSocket implementation: direct (rspp serve's: "
+        "rspp.transports.direct) or one of uvicorn's (websockets-sansio: plain ASGI)",
     )
     args = parser.parse_args()
 

@@ -33,27 +33,65 @@ __all__ = ["Timer", "Timers"]
 
 
 class Timer:
-    """A pending timer; ``cancel()`` it if it is no longer needed."""
+    """A pending timer; ``cancel()`` it if it is no longer needed.
 
-    __slots__ = ("_fire", "_handle", "_owner", "number", "when_ns")
+    Once it has fired or been cancelled it drops its callback and its loop handle
+    (which refers back to it): no reference cycle is left for the collector, at
+    one timer per audio frame per call.
+    """
 
-    def __init__(self, owner: set[Timer], when_ns: int, number: int) -> None:
+    __slots__ = (
+        "_args",
+        "_callback",
+        "_cause",
+        "_handle",
+        "_owner",
+        "_runner",
+        "number",
+        "when_ns",
+    )
+
+    def __init__(
+        self,
+        owner: set[Timer],
+        when_ns: int,
+        number: int,
+        runner: NodeRunner,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+        cause: Event | None,
+    ) -> None:
         self._owner = owner
         self._handle: asyncio.TimerHandle | None = None
-        self._fire: Callable[[], None] | None = None
+        self._runner: NodeRunner | None = runner
+        self._callback: Callable[..., object] | None = callback
+        self._args = args
+        self._cause = cause
         #: When it fires (session time, ns).
         self.when_ns = when_ns
         #: Arming order (ties of ``when_ns`` fire in it).
         self.number = number
 
     def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-        self._owner.discard(self)
+        handle = self._handle
+        if handle is not None:
+            handle.cancel()
+        self._release()
 
     @property
     def pending(self) -> bool:
         return self in self._owner
+
+    def _fire(self) -> None:
+        runner, callback, args, cause = self._runner, self._callback, self._args, self._cause
+        self._release()
+        if runner is not None and callback is not None:
+            runner.call_as(cause, callback, args)
+
+    def _release(self) -> None:
+        self._owner.discard(self)
+        self._handle = self._runner = self._callback = self._cause = None
+        self._args = ()
 
 
 class Timers:
@@ -80,14 +118,8 @@ class Timers:
             return None
         loop = asyncio.get_running_loop()
         self._armed += 1
-        timer = Timer(self._pending, when_ns, self._armed)
-
-        def fire() -> None:
-            self._pending.discard(timer)
-            runner.call_as(cause, callback, args)
-
-        timer._fire = fire
-        timer._handle = loop.call_at(session.clock.loop_time(when_ns), fire)
+        timer = Timer(self._pending, when_ns, self._armed, runner, callback, args, cause)
+        timer._handle = loop.call_at(session.clock.loop_time(when_ns), timer._fire)
         self._pending.add(timer)
         return timer
 
@@ -101,7 +133,6 @@ class Timers:
             timer = min(due, key=_order)
             if timer._handle is not None:
                 timer._handle.cancel()
-            assert timer._fire is not None
             timer._fire()
 
     def cancel_all(self) -> None:

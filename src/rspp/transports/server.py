@@ -154,9 +154,20 @@ def create_app(
     return app
 
 
+#: The collector's first threshold in a server (see ``_load``).
+GC_YOUNG_THRESHOLD = 50_000
+
+
 async def _load(host: LocalHost, status: Callable[[str], None], *, freeze: bool) -> None:
     await host.load(status)
     if freeze:
         # What is loaded now (models, modules) lives as long as the server: keep it out
         # of the collector's full passes, which otherwise walk it all and stall every call.
         gc.freeze()
+        # A young collection every 700 *net* new objects (the default) catches, under
+        # load, thousands of a frame's short-lived coroutines, handles and contexts in
+        # flight and promotes them; the promotions then set off a full pass (tens of ms
+        # at hundreds of calls: every call's loop stalls) about once a second. In steady
+        # state the number of live objects hardly grows, so with a large first
+        # threshold young passes come only as calls are added (BENCHMARKS.md, transport).
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
