@@ -404,9 +404,11 @@ def test_direct_mode_backpressure_keeps_the_order_and_pauses_the_socket() -> Non
         )
         port = FullSession(refusals=1)
         connection = Connection(proto.encode, _no_send, max_queued_bytes=100_000)
-        reader = _DirectReader(proto, SimpleNamespace(port=port), connection, ServerMetrics())
+        reader = _DirectReader(proto, ServerMetrics())
         socket = PausingSocket()
         reader.on_open(socket)  # type: ignore[arg-type]
+        reader.start(SimpleNamespace(port=port), connection)  # type: ignore[arg-type]
+        socket.reading.clear()
         task = asyncio.create_task(reader.run())
         for i in range(4):
             reader.on_message(json.dumps({"kind": "user.text", "text": f"t{i}"}), None)

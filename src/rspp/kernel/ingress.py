@@ -55,11 +55,12 @@ _TURN_0_MEANS_ACTIVE = frozenset({"control.cancel", "control.clear_buffer", "pla
 class Ingress:
     """Checks and admits what transports push (see the module docstring)."""
 
-    __slots__ = ("_audio", "_blocking", "_kinds", "emission", "runner", "seq", "session")
+    __slots__ = ("_audio", "_blocking", "_kinds", "_timers", "emission", "runner", "seq", "session")
 
     def __init__(self, session: Session, runner: NodeRunner) -> None:
         self.session = session
         self.emission = session.emission
+        self._timers = session.timers
         self.runner = runner
         self._kinds = frozenset(session.pipeline.spec.input)
         self._audio = session.pipeline.spec.audio
@@ -71,9 +72,8 @@ class Ingress:
         session = self.session
         if session.state != "running":
             raise SessionClosed(f"session {session.id} is not running ({session.state})")
-        timers = session.timers
-        if timers:  # the session's deadlines up to now come first (see rspp.kernel.timers)
-            timers.fire_due(session.clock.now_ns())
+        if self._timers.pending:  # the deadlines up to now come first (rspp.kernel.timers)
+            self._timers.fire_due(session.clock.now_ns())
             if session.state != "running":  # a deadline closed it
                 raise SessionClosed(f"session {session.id} is not running ({session.state})")
         if seq is not None and seq <= self.seq:

@@ -97,11 +97,13 @@ class Timer:
 class Timers:
     """The set of a session's pending timers."""
 
-    __slots__ = ("_armed", "_pending", "_session")
+    __slots__ = ("_armed", "_pending", "_session", "pending")
 
     def __init__(self, session: Session) -> None:
         self._session = session
         self._pending: set[Timer] = set()
+        #: The pending timers (read only: a cheap "any?" on the input's hot path).
+        self.pending = self._pending
         self._armed = 0
 
     def call_at(

@@ -15,8 +15,9 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NoReturn
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -37,7 +38,7 @@ from rspp.transports.call.server import (
 )
 from rspp.transports.call.wire import encode_message
 from rspp.transports.direct import DirectSocket, direct_of
-from rspp.transports.port import HostFull
+from rspp.transports.port import HostFull, SessionPort
 
 __all__ = ["CallEndpoint", "EndpointConfig"]
 
@@ -81,11 +82,19 @@ class CallEndpoint:
         proto = CallServer(self.config.limits)
         call: Call | None = None
         connection: Connection | None = None
+        direct = direct_of(ws.scope)
+        reader: _DirectReader | None = None
+        if direct is not None:
+            # Taken over at once (nothing can have arrived since the upgrade): the
+            # server's direct mode, the hello included.
+            reader = _DirectReader(proto, self.registry.metrics)
+            direct["take_over"](reader)
         try:
-            call, connection = await self._handshake(ws, proto)
-            direct = direct_of(ws.scope)
-            if direct is not None:
-                await self._serve_direct(direct, proto, call, connection)
+            receive = reader.first if reader is not None else partial(_receive, ws)
+            call, connection = await self._handshake(ws, proto, receive)
+            if reader is not None:
+                reader.start(call, connection)
+                await self._run(reader.run(), call, connection)
             else:
                 await self._serve(ws, proto, call, connection)
         except CallClosed as closed:
@@ -102,10 +111,15 @@ class CallEndpoint:
             if call is not None and connection is not None:
                 call.detach(connection)
 
-    async def _handshake(self, ws: WebSocket, proto: CallServer) -> tuple[Call, Connection]:
+    async def _handshake(
+        self,
+        ws: WebSocket,
+        proto: CallServer,
+        receive: Callable[[], Awaitable[tuple[str | None, bytes | None]]],
+    ) -> tuple[Call, Connection]:
         try:
             async with asyncio.timeout(self.config.hello_timeout_s):
-                text, data = await _receive(ws)
+                text, data = await receive()
         except TimeoutError:
             raise proto.refuse(4408, "no call.hello in time") from None
         now = time.monotonic()
@@ -170,15 +184,6 @@ class CallEndpoint:
     ) -> None:
         await self._run(self._read(ws, proto, call, connection), call, connection)
 
-    async def _serve_direct(
-        self, direct: Any, proto: CallServer, call: Call, connection: Connection
-    ) -> None:
-        """The server's direct mode: messages handled in ``data_received``, frames written
-        at once (see :mod:`rspp.transports.direct`); only what must wait runs in a task."""
-        reader = _DirectReader(proto, call, connection, self.registry.metrics)
-        direct["take_over"](reader)
-        await self._run(reader.run(), call, connection)
-
     async def _run(
         self, read: Coroutine[Any, Any, NoReturn], call: Call, connection: Connection
     ) -> None:
@@ -239,29 +244,68 @@ class CallEndpoint:
 class _DirectReader:
     """A connection's input in direct mode: each message handled in the protocol's call.
 
-    What cannot be done there -- a push the session refuses for now (backpressure),
-    the end of the call -- is left to :meth:`run`, in order: while anything waits,
-    later actions wait behind it and the socket's reading is paused.
+    The hello goes to the handshake (:meth:`first`); what arrives while the call is
+    being opened waits, in order, for :meth:`start`. Then each message is handled
+    as it arrives. What cannot be done there -- a push the session refuses for now
+    (backpressure), the end of the call -- is left to :meth:`run`, in order: while
+    anything waits, later actions wait behind it and the socket's reading is paused.
     """
 
-    def __init__(self, proto: CallServer, call: Call, connection: Connection, metrics: Any) -> None:
+    def __init__(self, proto: CallServer, metrics: Any) -> None:
         self.proto = proto
-        self.port = call.port
-        self.connection = connection
         self.metrics = metrics
+        self._port: SessionPort | None = None
+        self._connection: Connection | None = None
+        self.socket: DirectSocket | None = None
+        self._hello: asyncio.Future[tuple[str | None, bytes | None]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._early: list[tuple[str | None, bytes | None]] = []
         self._waiting: deque[Input | Ended] = deque()
         self._failure: BaseException | None = None
         self._attention = asyncio.Event()
-        self.socket: DirectSocket | None = None
+
+    async def first(self) -> tuple[str | None, bytes | None]:
+        """The first message (the hello)."""
+        return await self._hello
+
+    def start(self, call: Call, connection: Connection) -> None:
+        """The call is open: write to the socket, handle what arrived meanwhile."""
+        self._port = call.port
+        self._connection = connection
+        if self.socket is not None:
+            connection.use(self.socket)
+        early, self._early = self._early, []
+        for text, data in early:
+            self.on_message(text, data)
+        if self.socket is not None and not self._waiting:
+            self.socket.resume_reading()
+
+    @property
+    def port(self) -> SessionPort:
+        assert self._port is not None
+        return self._port
+
+    @property
+    def connection(self) -> Connection:
+        assert self._connection is not None
+        return self._connection
 
     # -- from the protocol (must not raise) ------------------------------------------------
 
     def on_open(self, socket: DirectSocket) -> None:
         self.socket = socket
-        self.connection.use(socket)
 
     def on_message(self, text: str | None, data: bytes | None) -> None:
         if self._failure is not None:
+            return
+        if self._port is None:  # the call is not open yet
+            if not self._hello.done():
+                self._hello.set_result((text, data))
+                return
+            self._early.append((text, data))
+            if len(self._early) >= 64 and self.socket is not None:
+                self.socket.pause_reading()  # until start()
             return
         now = time.monotonic()
         try:
@@ -289,6 +333,8 @@ class _DirectReader:
                 self._attention.set()
 
     def on_closed(self) -> None:
+        if not self._hello.done():
+            self._hello.set_exception(_Disconnected())
         self._fail(_Disconnected())
 
     def _push(self, action: Input) -> None:
