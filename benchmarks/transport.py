@@ -74,8 +74,8 @@ The last line of output is one JSON object with every number.
 from __future__ import annotations
 
 import argparse
-import collections
 import asyncio
+import collections
 import contextlib
 import cProfile
 import gc
@@ -263,7 +263,7 @@ async def serve(port: int, name: str, profile: str | None, ws: str) -> None:
 
     from rspp.transports.auth import Auth
     from rspp.transports.call.endpoint import EndpointConfig
-    from rspp.transports.direct import DirectWebSocketProtocol
+    from rspp.transports.direct import uvicorn_options
     from rspp.transports.port import LocalHost
     from rspp.transports.server import ServerConfig, create_app
 
@@ -315,7 +315,7 @@ async def serve(port: int, name: str, profile: str | None, ws: str) -> None:
             host="127.0.0.1",
             port=port,
             log_level="warning",
-            ws=DirectWebSocketProtocol if ws == "direct" else ws,  # rspp serve's: direct
+            **(uvicorn_options() if ws == "direct" else {"ws": ws}),  # rspp serve's: direct
             backlog=4096,
             timeout_graceful_shutdown=3,
         )

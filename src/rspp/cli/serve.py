@@ -54,7 +54,7 @@ def serve(args: argparse.Namespace) -> int:
     from rspp.kernel import BuildError, Pipeline, build, load_spec
     from rspp.transports.auth import Auth
     from rspp.transports.call.endpoint import EndpointConfig
-    from rspp.transports.direct import DirectWebSocketProtocol
+    from rspp.transports.direct import uvicorn_options
     from rspp.transports.port import LocalHost
     from rspp.transports.server import ServerConfig, create_app, with_lead
 
@@ -90,9 +90,7 @@ def serve(args: argparse.Namespace) -> int:
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"pipelines: {', '.join(pipelines)} (the first is the default)", flush=True)
     print(f"open http://{shown}:{args.port}/?token={token}", flush=True)
-    uvicorn.run(
-        app, host=args.host, port=args.port, ws=DirectWebSocketProtocol, log_level="warning"
-    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", **uvicorn_options())
     return 0
 
 

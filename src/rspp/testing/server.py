@@ -35,11 +35,11 @@ async def serving(app: Any, port: int | None = None, *, direct: bool = True) -> 
     """
     import uvicorn
 
-    from rspp.transports.direct import DirectWebSocketProtocol
+    from rspp.transports.direct import uvicorn_options
 
     port = port or free_port()
-    ws: Any = DirectWebSocketProtocol if direct else "websockets-sansio"
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws=ws)
+    options = uvicorn_options() if direct else {"ws": "websockets-sansio"}
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:

@@ -18,18 +18,42 @@ data)``: no queue, no task, no pause of reading), and ``on_closed()`` when the
 client closes or goes away. The handshake, the close (``websocket.close`` through
 ASGI), pings and every other path stay uvicorn's. An app that finds no such
 extension (another server, the test client) keeps using plain ASGI.
+
+Frames. Once taken over (right after the upgrade, when no frame can have
+arrived yet), the protocol parses the common case itself: a whole, masked,
+unfragmented text or binary frame without extension bits is unmasked with
+websockets' C ``apply_mask`` and handed over, and frames are written with a
+two-to-ten-byte header of our own -- websockets' generator-based parser and
+serializer were a quarter of a call's CPU. Anything else (a ping, a close, a
+fragment, a compressed or unmasked frame, one over ``ws_max_size``) switches
+that connection, from that frame on, to websockets' parser, which handles it
+as the RFC says (the close handshake, a 1002 or 1009 close); it stays there.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 from typing import Any, Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 
-__all__ = ["EXTENSION", "DirectHandler", "DirectSocket", "DirectWebSocketProtocol", "direct_of"]
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - the C extension ships in websockets' wheels
+    from websockets.utils import apply_mask
+
+__all__ = [
+    "EXTENSION",
+    "DirectHandler",
+    "DirectSocket",
+    "DirectWebSocketProtocol",
+    "direct_of",
+    "uvicorn_options",
+]
 
 log = logging.getLogger("rspp.transports")
 
@@ -62,6 +86,18 @@ class DirectSocket:
         p = self._protocol
         if p.close_sent or p.disconnected or p.transport.is_closing():
             return False
+        if p.fast:
+            payload = frame if isinstance(frame, bytes) else frame.encode()
+            size = len(payload)
+            first = 0x82 if isinstance(frame, bytes) else 0x81  # FIN + binary / text
+            if size < 126:
+                header = bytes((first, size))
+            elif size < 65536:
+                header = _HEADER_16.pack(first, 126, size)
+            else:
+                header = _HEADER_64.pack(first, 127, size)
+            p.transport.write(header + payload)
+            return True
         try:
             if isinstance(frame, bytes):
                 p.conn.send_binary(frame)
@@ -97,6 +133,10 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._direct: DirectHandler | None = None
+        #: Frames parsed and written here (see the module docstring), not by websockets.
+        self.fast = False
+        self._partial = bytearray()
+        self._need = 0
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -109,6 +149,9 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         if not self.handshake_complete:
             raise RuntimeError("take over a WebSocket only after accepting it")
         self._direct = handler
+        # At a frame boundary only if websockets holds no frame bytes (true right after
+        # the upgrade); otherwise its parser keeps the connection.
+        self.fast = not self.conn.reader.buffer and self.queue.empty()
         handler.on_open(DirectSocket(self))
         closed = False
         while not self.queue.empty():
@@ -122,6 +165,75 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.resume_reading()
         if closed or self.disconnected:
             self._closed()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.fast:
+            super().data_received(data)
+            return
+        if self._partial:  # the rest of a frame: parse again once all of it is here
+            self._partial += data
+            if len(self._partial) < self._need:
+                return
+            data = bytes(self._partial)
+            self._partial = bytearray()
+        size = len(data)
+        limit = self.config.ws_max_size
+        i = 0
+        while size - i >= 2 and self._direct is not None:
+            first, second = data[i], data[i + 1]
+            length = second & 0x7F
+            at = i + 2
+            if first not in _FAST or not second & 0x80:
+                break  # not a whole masked data frame, ping or pong without extension bits
+            if length == 126:
+                if size - at < 2:
+                    self._keep(data, i, at + 2)
+                    return
+                length = int.from_bytes(data[at : at + 2], "big")
+                at += 2
+            elif length == 127:
+                if size - at < 8:
+                    self._keep(data, i, at + 8)
+                    return
+                length = int.from_bytes(data[at : at + 8], "big")
+                at += 8
+            if length > limit or (first >= 0x89 and length > 125):
+                break  # too large (control frames carry at most 125 bytes)
+            end = at + 4 + length
+            if end > size:
+                self._keep(data, i, end)
+                return
+            payload = apply_mask(data[at + 4 : end], data[at : at + 4])
+            i = end
+            if first == 0x82:
+                self._deliver(None, payload)
+                continue
+            if first != 0x81:  # a ping or a pong
+                if first == 0x89:
+                    self.transport.write(bytes((0x8A, length)) + payload)  # the pong
+                else:
+                    self.handle_pong(Frame(Opcode.PONG, payload))  # uvicorn's keepalive
+                continue
+            try:
+                text = payload.decode()
+            except UnicodeDecodeError:
+                self.fast = False
+                self.conn.send_close(1007, "invalid UTF-8")
+                self.handle_parser_exception()
+                return
+            self._deliver(text, None)
+        else:
+            if i < size and self._direct is not None:
+                self._keep(data, i, i + 2)
+            return
+        # Anything else: websockets' parser from this frame on, for good.
+        self.fast = False
+        super().data_received(data[i:])
+
+    def _keep(self, data: bytes, start: int, need: int) -> None:
+        """Hold the incomplete frame at ``start``; it is parsed again at ``need`` bytes."""
+        self._partial = bytearray(data[start:])
+        self._need = need - start
 
     def send_receive_event_to_app(self) -> None:
         if self._direct is None:
@@ -174,6 +286,19 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
                 handler.on_closed()
             except Exception:
                 log.exception("direct WebSocket handler failed on close")
+
+
+#: First bytes (FIN, no extension bits) of the frames parsed here: text, binary, ping, pong.
+_FAST = frozenset({0x81, 0x82, 0x89, 0x8A})
+_HEADER_16 = struct.Struct("!BBH")
+_HEADER_64 = struct.Struct("!BBQ")
+
+
+def uvicorn_options() -> dict[str, Any]:
+    """How ``rspp serve`` runs uvicorn: this protocol, and no per-message deflate (PCM
+    hardly compresses, deflating costs both ends CPU, and a compressed frame would
+    take the connection to websockets' parser)."""
+    return {"ws": DirectWebSocketProtocol, "ws_per_message_deflate": False}
 
 
 def direct_of(scope: Any) -> Any:
