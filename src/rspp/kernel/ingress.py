@@ -72,8 +72,9 @@ class Ingress:
         session = self.session
         if session.state != "running":
             raise SessionClosed(f"session {session.id} is not running ({session.state})")
-        if self._timers.pending:  # the deadlines up to now come first (rspp.kernel.timers)
-            self._timers.fire_due(session.clock.now_ns())
+        timers = self._timers
+        if timers.earliest_ns <= (now := session.clock.now_ns()):
+            timers.fire_due(now)  # the deadlines up to now come first (rspp.kernel.timers)
             if session.state != "running":  # a deadline closed it
                 raise SessionClosed(f"session {session.id} is not running ({session.state})")
         if seq is not None and seq <= self.seq:

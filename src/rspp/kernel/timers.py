@@ -97,14 +97,15 @@ class Timer:
 class Timers:
     """The set of a session's pending timers."""
 
-    __slots__ = ("_armed", "_pending", "_session", "pending")
+    __slots__ = ("_armed", "_pending", "_session", "earliest_ns")
 
     def __init__(self, session: Session) -> None:
         self._session = session
         self._pending: set[Timer] = set()
-        #: The pending timers (read only: a cheap "any?" on the input's hot path).
-        self.pending = self._pending
         self._armed = 0
+        #: No pending timer is due before this (a lower bound: exact after ``fire_due``),
+        #: so the input's hot path compares one number, not the set.
+        self.earliest_ns = _NEVER
 
     def call_at(
         self,
@@ -123,13 +124,16 @@ class Timers:
         timer = Timer(self._pending, when_ns, self._armed, runner, callback, args, cause)
         timer._handle = loop.call_at(session.clock.loop_time(when_ns), timer._fire)
         self._pending.add(timer)
+        if when_ns < self.earliest_ns:
+            self.earliest_ns = when_ns
         return timer
 
     def fire_due(self, now_ns: int) -> None:
         """Fire now, in order, the timers due at or before ``now_ns`` that the loop has not run."""
-        while self._pending:
+        while True:
             due = [t for t in self._pending if t.when_ns <= now_ns]
             if not due:
+                self.earliest_ns = min((t.when_ns for t in self._pending), default=_NEVER)
                 return
             # One at a time: a callback may cancel or arm timers (also due ones).
             timer = min(due, key=_order)
@@ -144,6 +148,9 @@ class Timers:
 
     def __len__(self) -> int:
         return len(self._pending)
+
+
+_NEVER = 1 << 62
 
 
 def _order(timer: Timer) -> tuple[int, int]:

@@ -123,7 +123,9 @@ class AudioOutput(Node[AudioOutputConfig]):
                 )
                 return
             self._enqueue_frames(event)
-        self._play()
+        timer = self._timer
+        if timer is None or not timer.pending:  # else the next frame's timer plays on
+            self._play()
 
     def _enqueue_frames(self, chunk: TtsAudio) -> None:
         bytes_per_frame = int(chunk.sample_rate * self.config.frame_ms / 1000) * 2 * chunk.channels

@@ -295,10 +295,11 @@ _HEADER_64 = struct.Struct("!BBQ")
 
 
 def uvicorn_options() -> dict[str, Any]:
-    """How ``rspp serve`` runs uvicorn: this protocol, and no per-message deflate (PCM
-    hardly compresses, deflating costs both ends CPU, and a compressed frame would
-    take the connection to websockets' parser)."""
-    return {"ws": DirectWebSocketProtocol, "ws_per_message_deflate": False}
+    """How ``rspp serve`` runs uvicorn: this protocol; no per-message deflate (PCM hardly
+    compresses, deflating costs both ends CPU, and a compressed frame would take the
+    connection to websockets' parser); asyncio's loop even where uvloop is installed
+    (at 400 calls uvloop cost ~10 % more CPU per call: ``BENCHMARKS.md``, transport)."""
+    return {"ws": DirectWebSocketProtocol, "ws_per_message_deflate": False, "loop": "asyncio"}
 
 
 def direct_of(scope: Any) -> Any:
