@@ -1,13 +1,14 @@
 """Transport benchmark: the call protocol over a real WebSocket, the server in its own process.
 
-    python benchmarks/transport.py                 # full run (about 10 minutes)
+    python benchmarks/transport.py                 # full run (about 15 minutes)
     python benchmarks/transport.py --quick         # smoke run (under a minute)
     python benchmarks/transport.py --parts calls --levels 1,200,400 [--keep-going]
     python benchmarks/transport.py --profile 75    # where the server's CPU goes (py-spy)
 
 Processes and cores. The server is this script started again with ``--role
-server`` (``create_app`` + uvicorn with ``websockets-sansio``, as ``rspp serve``
-runs it), pinned to core 0 with ``taskset -c 0``; the load generator (this
+server`` (``create_app`` + uvicorn with ``rspp.transports.direct``'s options, as
+``rspp serve`` runs it; ``--ws websockets-sansio``: the plain ASGI path), pinned
+to core 0 with ``taskset -c 0``; the load generator (this
 process) pins itself to core 1. A fresh server is started for each part and
 each level of the ramp. The load generator is websockets' sans-I/O client
 protocol on plain asyncio transports plus ``rspp.transports.call.wire`` -- no

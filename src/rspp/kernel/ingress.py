@@ -72,8 +72,9 @@ class Ingress:
         session = self.session
         if session.state != "running":
             raise SessionClosed(f"session {session.id} is not running ({session.state})")
+        now = session.clock.now_ns()  # one reading: the deadlines' instant and the stamp's
         timers = self._timers
-        if timers.earliest_ns <= (now := session.clock.now_ns()):
+        if timers.earliest_ns <= now:
             timers.fire_due(now)  # the deadlines up to now come first (rspp.kernel.timers)
             if session.state != "running":  # a deadline closed it
                 raise SessionClosed(f"session {session.id} is not running ({session.state})")
@@ -118,6 +119,8 @@ class Ingress:
                         raise Overloaded(name, kind, inbox.capacity)
         event.session = session.id
         event.seq = 0
+        if event.origin_ns == 0:
+            event.origin_ns = now  # as the emission would stamp it, without reading the clock again
         if event.pos:
             event.inc = event.pos = 0
         if seq is None:

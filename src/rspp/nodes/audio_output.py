@@ -219,6 +219,9 @@ class AudioOutput(Node[AudioOutputConfig]):
         itself -- a client would get a reply's first frames and then the
         ``control.clear_buffer`` that makes it drop them.
         """
+        if not self._buffer:  # nothing to play (a clear's usual case): new audio plays on
+            self._arm(None)
+            return
         self._arm(self.ctx.now_ns())
 
     def _arm(self, at_ns: int | None) -> None:
