@@ -433,3 +433,27 @@ def test_direct_mode_backpressure_keeps_the_order_and_pauses_the_socket() -> Non
 
 async def _no_send(frame: str | bytes) -> None:
     raise AssertionError("a direct connection writes to its socket")
+
+
+def test_a_sessions_drops_are_exported_at_each_reply_end_and_at_the_call_end() -> None:
+    async def main() -> None:
+        async with server() as (address, app):
+            ws, ready = await open_call(address)
+            session = app.state.registry.calls[ready["session"]].port.session
+            # A node drops what it must (the kernel's counter, as a node's drop counts).
+            session.count_drop("tts", "tts.audio", "fenced", 3)
+            name = 'rspp_session_dropped_total{kind="tts.audio",node="tts",reason="fenced"}'
+            assert await metric(address, name) == 0  # not yet: exported at a reply's end
+            assert await answered(ws) == "Fine, "
+            await next_of(ws, "turn.done")
+            assert await metric(address, name) == 3
+            session.count_drop("tts", "tts.audio", "fenced", 2)
+            await ws.send(json.dumps({"kind": "call.bye"}))
+            assert await close_code(ws) == 1000
+            for _ in range(100):  # the call's end exports what is left, once
+                if await metric(address, name) == 5:
+                    break
+                await asyncio.sleep(0.02)
+            assert await metric(address, name) == 5
+
+    run(main())

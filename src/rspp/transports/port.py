@@ -89,6 +89,10 @@ class SessionPort(Protocol):
         :meth:`push` it, which waits); the other errors as :meth:`push`'s."""
         ...
 
+    def drops(self) -> Mapping[tuple[str, str, str], int]:
+        """What the session dropped so far, by ``(node, kind, reason)`` (cumulative)."""
+        ...
+
     def report_playback(self, turn: int, played_ms: float) -> None:
         """The client has played ``played_ms`` of reply ``turn``'s audio (never blocks)."""
         ...
@@ -275,6 +279,12 @@ class LocalPort:
 
     def push_nowait(self, event: Event) -> None:
         self.session.push(event)
+
+    def drops(self) -> Mapping[tuple[str, str, str], int]:
+        drops = dict(self.session.stats.drops)
+        if self._out.dropped:
+            drops[("port", "output", "nobody_reading")] = self._out.dropped
+        return drops
 
     def report_playback(self, turn: int, played_ms: float) -> None:
         with contextlib.suppress(SessionClosed):

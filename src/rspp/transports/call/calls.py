@@ -16,11 +16,12 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Protocol
 
 from rspp.events import Event
 from rspp.transports.auth import Auth
-from rspp.transports.metrics import ServerMetrics
+from rspp.transports.metrics import DropExport, ServerMetrics
 from rspp.transports.port import SessionHost, SessionPort
 
 __all__ = ["Call", "CallRegistry", "Connection"]
@@ -182,6 +183,8 @@ class Call:
         self._gone.set()
         self.ended = False
         self.on_event: Callable[[Event], None] = lambda _: None
+        #: Where the session's drop counters go (the server's metrics).
+        self.drops = DropExport(None)
 
     @property
     def session_id(self) -> str:
@@ -306,7 +309,8 @@ class CallRegistry:
         name = pipeline or self.host.pipelines[0]
         token = self.auth.resume_token(port.session_id, ttl_s=24 * 3600)
         call = Call(port, name, token, self.window_s)
-        call.on_event = self._observe
+        call.drops = self.metrics.drops()
+        call.on_event = partial(self._observe, call)
         self.calls[port.session_id] = call
         self.metrics.active_calls.inc()
         self._group.create_task(self._run(call))
@@ -325,18 +329,21 @@ class CallRegistry:
             outcome = "failed"
             log.exception("call %s failed", call.session_id)
         finally:
+            call.drops.update(call.port.drops())
             self.calls.pop(call.session_id, None)
             self.metrics.active_calls.dec()
             self.metrics.calls.labels(self.transport, outcome).inc()
 
-    def _observe(self, event: Event) -> None:
+    def _observe(self, call: Call, event: Event) -> None:
         kind = event.kind
         m = self.metrics
         if kind == "turn.done":
             m.turns.labels("played").inc()
+            call.drops.update(call.port.drops())  # at each reply's end, and the call's
         elif kind == "turn.interrupted":
             m.turns.labels("interrupted").inc()
             m.interrupts.inc()
+            call.drops.update(call.port.drops())
         elif kind == "metrics" and getattr(event, "name", "") == "turn.latency":
             m.latency(getattr(event, "values", {}))
         elif kind == "error":
