@@ -262,3 +262,23 @@ def test_restore_of_a_listening_state_needs_a_full_start_window() -> None:
             assert start.origin_ns == f1.pushed[0][0]
 
     run_virtual(main())
+
+
+def test_the_c_rms_path_decides_like_rms_dbfs_but_within_one_lsb() -> None:
+    from rspp.nodes import energy_vad
+
+    if energy_vad._rms is None:
+        pytest.skip("no audioop on this Python")
+    threshold_db = -45.0
+    threshold = 32768.0 * 10.0 ** (threshold_db / 20.0)
+    compared = 0
+    for tenth in range(-600, -300, 5):
+        for seed in range(3):
+            pcm = speech_like(20, level_db=tenth / 10.0, seed=seed)
+            exact = rms_dbfs(pcm) >= threshold_db
+            fast = energy_vad._rms(pcm, 2) >= threshold
+            true_rms = 32768.0 * 10.0 ** (rms_dbfs(pcm) / 20.0)
+            if abs(true_rms - threshold) >= 1.0:
+                assert fast == exact, (tenth, seed)
+                compared += 1
+    assert compared > 100

@@ -9,7 +9,9 @@ hangover windows and the events are those of every VAD (``rspp.nodes.segmenter``
 from __future__ import annotations
 
 import math
-from typing import Annotated, ClassVar
+import warnings
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 from msgspec import Meta
@@ -18,6 +20,14 @@ from rspp.events import AudioIn, Event
 from rspp.nodes.segmenter import SegmentingVad, VadNodeConfig
 
 __all__ = ["EnergyVad", "EnergyVadConfig", "rms_dbfs"]
+
+_rms: Callable[[bytes, int], int] | None
+try:  # C, a sixth of numpy's cost per 20 ms frame (stdlib to 3.12, then ``audioop-lts``)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from audioop import rms as _rms
+except ImportError:  # pragma: no cover - Python 3.13+ without audioop-lts
+    _rms = None
 
 
 def rms_dbfs(pcm: bytes) -> float:
@@ -41,8 +51,16 @@ class EnergyVad(SegmentingVad):
 
     Config: ClassVar[type[EnergyVadConfig]] = EnergyVadConfig
 
+    def __init__(self, config: EnergyVadConfig, ctx: Any) -> None:
+        super().__init__(config, ctx)
+        #: ``threshold_db`` as an RMS in LSBs (``audioop.rms`` floors: the same to 1 LSB).
+        self._threshold_rms = 32768.0 * 10.0 ** (config.threshold_db / 20.0)
+
     def on_event(self, event: Event) -> None:
         assert isinstance(event, AudioIn)
-        voiced = rms_dbfs(event.pcm) >= self.config.threshold_db
+        if _rms is not None:  # the same decision: RMS (in LSBs, floored) against the threshold's
+            voiced = _rms(event.pcm, 2) >= self._threshold_rms
+        else:
+            voiced = rms_dbfs(event.pcm) >= self.config.threshold_db
         for out in self.events_for(self.segmenter.feed(voiced, event.duration_ns, event.origin_ns)):
             self.emit(out)
