@@ -35,6 +35,7 @@ from rspp.events import AudioOut, ClearBuffer, Event, TurnDone, TurnInterrupted,
 from rspp.kernel import Pipeline
 from rspp.testing.audio import silence, speech_like
 from rspp.testing.server import serving
+from rspp.transports.metrics import ServerMetrics
 from rspp.transports.port import LocalHost, LocalPort
 from rspp.transports.twilio import MediaStream, Speaker, TwilioEndpoint, compute_signature
 from rspp.transports.twilio.audio import pcm16_to_ulaw
@@ -93,11 +94,12 @@ async def server(
     *,
     auth_token: str | None = TOKEN,
     public_url: str | None = None,
+    drops: Any = None,
     **over: Any,
 ) -> AsyncIterator[Server]:
     host = RecordingHost(demo_pipeline(lines, **{**QUICK, **over}))
     await host.load()
-    endpoint = TwilioEndpoint(host, auth_token=auth_token, public_url=public_url)
+    endpoint = TwilioEndpoint(host, auth_token=auth_token, public_url=public_url, drops=drops)
     async with serving(Starlette(routes=endpoint.routes)) as address:
         yield Server(address, endpoint, host)
     await host.close()
@@ -575,3 +577,29 @@ def test_the_speaker_drops_a_cleared_or_interrupted_reply() -> None:
     speak(AudioOut(pcm=speech_like(30, 16000), turn=2))
     speak(TurnInterrupted(turn=2))
     assert speak(TurnDone(turn=2)) == []
+
+
+def test_a_calls_drops_are_exported_when_it_ends() -> None:
+    metrics = ServerMetrics()
+    name = 'rspp_session_dropped_total{kind="tts.audio",node="tts",reason="fenced"}'
+
+    def exported() -> float:
+        for line in metrics.render().decode().splitlines():
+            if line.startswith(name):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    async def main() -> None:
+        async with server([SHORT], drops=metrics.drops) as s, TwilioPeer.call(s.address) as peer:
+            await peer.until(lambda: bool(s.host.ports))
+            # A node drops what it must (the kernel's counter, as a node's drop counts).
+            s.host.ports[0].session.count_drop("tts", "tts.audio", "fenced", 2)
+            assert exported() == 0
+            await peer.stop()
+            for _ in range(200):
+                if exported():
+                    break
+                await asyncio.sleep(0.01)
+            assert exported() == 2
+
+    run(main())

@@ -108,6 +108,7 @@ def _twilio_routes(public_url: str | None) -> ExtraRoutes | None:
             auth_token=token,
             public_url=public_url,
             metrics=lambda what: metrics.twilio.labels(what).inc(),
+            drops=metrics.drops,
         )
 
     return routes

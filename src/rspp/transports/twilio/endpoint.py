@@ -45,6 +45,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from rspp.events import AudioIn, AudioOut, ClearBuffer, Event, TurnDone, TurnInterrupted, UserDtmf
 from rspp.kernel import InvalidInput, RsppError, SessionClosed
+from rspp.transports.metrics import DropExport
 from rspp.transports.port import SessionHost, SessionPort
 from rspp.transports.twilio.audio import Inbound, Outbound
 from rspp.transports.twilio.protocol import (
@@ -81,10 +82,16 @@ def twilio_routes(
     public_url: str | None = None,
     pipeline: str = "",
     metrics: Callable[[str], None] | None = None,
+    drops: Callable[[], DropExport] | None = None,
 ) -> list[BaseRoute]:
     """The routes of a Twilio endpoint on ``host`` (see :class:`TwilioEndpoint`)."""
     return TwilioEndpoint(
-        host, auth_token=auth_token, public_url=public_url, pipeline=pipeline, metrics=metrics
+        host,
+        auth_token=auth_token,
+        public_url=public_url,
+        pipeline=pipeline,
+        metrics=metrics,
+        drops=drops,
     ).routes
 
 
@@ -138,7 +145,8 @@ class TwilioEndpoint:
     ``rejected.<kind>``, ``forbidden``, ``unsupported_format``,
     ``session_refused``), ``calls`` and ``marks_cleared`` (echoes a clear
     caused, not counted as played); ``metrics`` is called with each reason as
-    it is counted.
+    it is counted. ``drops`` makes the exporter of a session's drop counters
+    (the server's ``rspp_session_dropped``), updated when each call ends.
     """
 
     def __init__(
@@ -149,6 +157,7 @@ class TwilioEndpoint:
         public_url: str | None = None,
         pipeline: str = "",
         metrics: Callable[[str], None] | None = None,
+        drops: Callable[[], DropExport] | None = None,
     ) -> None:
         self.host = host
         self.pipeline = pipeline
@@ -156,6 +165,7 @@ class TwilioEndpoint:
         self._token = auth_token or None
         self._public = public_url.rstrip("/") if public_url else None
         self._metrics = metrics
+        self._drops = drops
 
     @property
     def routes(self) -> list[BaseRoute]:
@@ -261,6 +271,8 @@ class TwilioEndpoint:
                 speaking.cancel()
         finally:
             await port.close(reason)
+            if self._drops is not None:
+                self._drops().update(port.drops())
             await _close(websocket)
 
     async def _until_start(self, websocket: WebSocket, stream: MediaStream) -> Start | None:
