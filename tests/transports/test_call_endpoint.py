@@ -457,3 +457,32 @@ def test_a_sessions_drops_are_exported_at_each_reply_end_and_at_the_call_end() -
             assert await metric(address, name) == 5
 
     run(main())
+
+
+def test_a_close_the_client_does_not_take_is_bounded_and_cuts_the_socket_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A client that stops reading never takes the close frame either: the server's
+    # send waits for the socket to drain, forever. The close is bounded; then the
+    # socket is aborted and the connection's task goes on to detach it from its call.
+    from rspp.transports.call import endpoint
+
+    class StuckWebSocket:
+        async def close(self, code: int, reason: str) -> None:
+            await asyncio.Event().wait()
+
+    class Socket:
+        aborted = False
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    async def main() -> None:
+        monkeypatch.setattr(endpoint, "CLOSE_TIMEOUT_S", 0.05)
+        reader = _DirectReader(CallServer(Limits()), ServerMetrics())
+        socket = Socket()
+        reader.on_open(socket)  # type: ignore[arg-type]
+        await asyncio.wait_for(endpoint._close(StuckWebSocket(), 4508, "slow", reader), 1.0)  # type: ignore[arg-type]
+        assert socket.aborted
+
+    run(main())

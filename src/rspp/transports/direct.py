@@ -108,6 +108,10 @@ class DirectSocket:
         p.transport.write(b"".join(p.conn.data_to_send()))
         return True
 
+    def abort(self) -> None:
+        """Drop the connection now, unsent data and all (a peer that does not read)."""
+        self._protocol.transport.abort()
+
     def pause_reading(self) -> None:
         """Stop reading the socket (the app cannot take more input for now)."""
         p = self._protocol

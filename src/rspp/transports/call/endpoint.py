@@ -100,10 +100,10 @@ class CallEndpoint:
         except CallClosed as closed:
             metrics.closed.labels(str(closed.code)).inc()
             log.info("call connection closed: %s", closed)
-            await _close(ws, closed.code, closed.reason)
+            await _close(ws, closed.code, closed.reason, reader)
         except SlowConsumer:
             metrics.closed.labels("4508").inc()
-            await _close(ws, 4508, "slow consumer: the send queue overflowed")
+            await _close(ws, 4508, "slow consumer: the send queue overflowed", reader)
         except (_Disconnected, WebSocketDisconnect):
             pass
         finally:
@@ -390,9 +390,23 @@ async def _receive(ws: WebSocket) -> tuple[str | None, bytes | None]:
     return message.get("text"), message.get("bytes")
 
 
-async def _close(ws: WebSocket, code: int, reason: str) -> None:
-    with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):  # already gone
-        await ws.close(code=code, reason=reason)
+#: How long a close may wait for a client to take it (one that does not read never does).
+CLOSE_TIMEOUT_S = 2.0
+
+
+async def _close(
+    ws: WebSocket, code: int, reason: str, reader: _DirectReader | None = None
+) -> None:
+    """Close with ``code``; a client that does not take the close within
+    :data:`CLOSE_TIMEOUT_S` is cut off (its socket aborted, in direct mode)."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):  # gone
+                await ws.close(code=code, reason=reason)
+    except TimeoutError:
+        log.info("call connection: the client did not take the close (%d); cut off", code)
+        if reader is not None and reader.socket is not None:
+            reader.socket.abort()
 
 
 def _error(code: str, message: str) -> str:
