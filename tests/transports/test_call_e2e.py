@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import websockets
 
 from rspp.client import Call, Caller, CallRefused, Disconnected, Line, Notice, call_url
 from rspp.demo import DemoLine, demo_pipeline
@@ -280,6 +281,63 @@ def test_a_dropped_call_resumes_without_duplicates_and_goes_on() -> None:
             assert app.state.registry.calls[session].port.session_id == session
 
     run(main(), 30.0)
+
+
+def test_a_client_that_reconnects_by_itself_hears_the_reply_whole_once() -> None:
+    async def main() -> None:
+        received: list[tuple[int, int]] = []
+
+        def seen(notice: Notice) -> None:
+            if isinstance(notice, BotAudio):
+                received.append((notice.frame.inc, notice.frame.pos))
+
+        async with (
+            server([FORECAST, TYPED]) as (url, _),
+            Call.connect(
+                url,
+                token=TOKEN,
+                input=FMT,
+                output=FMT,
+                reconnect_attempts=3,
+                reconnect_backoff_s=0.05,
+            ) as call,
+        ):
+            call.on(seen)
+            await call.send_text(FORECAST.user)
+            await call.wait_for(lambda: len(received) >= 20, 10.0)
+            ws = call.websocket
+            assert ws is not None
+            ws.transport.abort()  # the network goes away mid-reply; nobody calls reconnect()
+            await call.wait_for(lambda: call.reconnects == 1 and call.connected, 5.0)
+            await call.wait_for(lambda: call.record.replies_ended >= 1, 15.0)
+            (forecast,) = call.record.replies
+            assert not forecast.interrupted and forecast.heard.strip() == FORECAST.reply
+            assert received == sorted(set(received))  # nothing twice
+            await call.send_text(TYPED.user)
+            await call.wait_for(lambda: call.record.replies_ended >= 2, 10.0)
+            assert call.record.replies[-1].heard.strip() == TYPED.reply
+
+    run(main(), 30.0)
+
+
+def test_a_client_taken_over_by_another_connection_does_not_fight_back() -> None:
+    async def main() -> None:
+        async with (
+            server([HELLO]) as (url, _),
+            Call.connect(url, token=TOKEN, reconnect_attempts=3, reconnect_backoff_s=0.05) as call,
+        ):
+            ready = call.protocol.ready
+            assert ready is not None
+            hello = {"kind": "call.hello", "protocol": 1, "resume": ready.resume_token}
+            async with websockets.connect(url) as other:  # the same call, from elsewhere
+                await other.send(json.dumps(hello))
+                assert json.loads(await other.recv())["kind"] == "call.ready"
+                await call.wait_for(lambda: call.ended, 5.0)
+                assert call.close_code == 4409 and call.reconnects == 0
+                await asyncio.sleep(0.3)  # no reconnect later either
+                assert call.reconnects == 0 and not call.connected
+
+    run(main())
 
 
 def test_a_bogus_resume_token_is_refused_with_4404() -> None:

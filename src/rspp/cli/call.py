@@ -48,6 +48,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--max-wait", type=float, default=60.0, help="seconds to wait for a reply at most"
     )
     parser.add_argument(
+        "--reconnects",
+        type=int,
+        default=5,
+        help="reconnect by itself this many times when the connection is lost (0: never)",
+    )
+    parser.add_argument(
         "--tail",
         type=float,
         help="after the last line, listen until the bot was quiet this long (s;"
@@ -106,7 +112,12 @@ async def _call(
 
     output = AudioFormat(sample_rate=args.output_rate)
     async with Call.connect(
-        args.url, token=args.token, input=fmt, output=output, pipeline=args.pipeline
+        args.url,
+        token=args.token,
+        input=fmt,
+        output=output,
+        pipeline=args.pipeline,
+        reconnect_attempts=args.reconnects,
     ) as call:
         console.print(
             f"[bold]rspp call[/bold] {call.url}: session {call.session}"

@@ -9,7 +9,12 @@ cancels both; nothing outlives the call.
 
 The connection can drop and the call go on: :meth:`Call.reconnect` opens a
 new socket with the resume token and the last position received, and the
-state machine drops whatever the server resends that we already had.
+state machine drops whatever the server resends that we already had. With
+``reconnect_attempts`` > 0 the call does that by itself when a connection is
+lost (not when the server ended the call or refused it for good: the close
+codes in :data:`FINAL_CODES`), backing off between attempts; the call ends
+when they are used up. Audio sent while no connection is open is dropped (a
+microphone does not wait).
 """
 
 from __future__ import annotations
@@ -105,8 +110,15 @@ class Call:
         pipeline: str = "",
         report_every_ms: float = 100.0,
         open_timeout_s: float = 10.0,
+        reconnect_attempts: int = 0,
+        reconnect_backoff_s: float = 0.25,
     ) -> None:
         self.url, self.token = call_url(url, token)
+        #: Reconnect by itself this many times after a lost connection (0: never).
+        self.reconnect_attempts = reconnect_attempts
+        self.reconnect_backoff_s = reconnect_backoff_s
+        #: Connections reopened by themselves so far.
+        self.reconnects = 0
         self.protocol = CallClient(
             token=self.token,
             pipeline=pipeline,
@@ -144,6 +156,8 @@ class Call:
         pipeline: str = "",
         report_every_ms: float = 100.0,
         open_timeout_s: float = 10.0,
+        reconnect_attempts: int = 0,
+        reconnect_backoff_s: float = 0.25,
     ) -> AsyncIterator[Call]:
         """Open a call (raises :class:`CallRefused`); say ``call.bye`` when the block ends."""
         call = cls(
@@ -154,6 +168,8 @@ class Call:
             pipeline=pipeline,
             report_every_ms=report_every_ms,
             open_timeout_s=open_timeout_s,
+            reconnect_attempts=reconnect_attempts,
+            reconnect_backoff_s=reconnect_backoff_s,
         )
         mine: BaseException | None = None  # raised here or in the block, not by a task
         try:
@@ -323,6 +339,38 @@ class Call:
                 self._dispatch([Disconnected(code, reason)])
                 if self.ended:
                     self._finish()
+                elif self.reconnect_attempts and code not in FINAL_CODES:
+                    self._start_reconnecting()
+                elif self.reconnect_attempts:
+                    self._finish()  # refused for good: nothing to reconnect to
+
+    def _start_reconnecting(self) -> None:
+        group = self._group
+        if group is None:
+            return
+        try:
+            group.create_task(self._reconnect_by_itself(), name="rspp-call-reconnect")
+        except RuntimeError:  # the call's block is over: nothing to go on with
+            self._finish()
+
+    async def _reconnect_by_itself(self) -> None:
+        delay = self.reconnect_backoff_s
+        for attempt in range(1, self.reconnect_attempts + 1):
+            await asyncio.sleep(delay)
+            if self.ended or self._ws is not None:
+                return  # ended meanwhile, or reconnected by hand
+            try:
+                await self._open()
+            except CallRefused as exc:
+                log.info("reconnect %d of %d failed: %s", attempt, self.reconnect_attempts, exc)
+                if exc.code in FINAL_CODES:
+                    break
+                delay = min(delay * 2, 5.0)
+                continue
+            self.reconnects += 1
+            log.info("call %s: reconnected (attempt %d)", self.session, attempt)
+            return
+        self._finish()
 
     async def _clock(self) -> None:
         while True:
@@ -387,6 +435,12 @@ class Call:
                         await asyncio.shield(reader)
         await self._drop()
         self._finish()
+
+
+#: Close codes after which reconnecting cannot help (docs/protocol.md): the call ended
+#: (1000), was refused for good (4400 protocol, 4401 auth, 4404 no such call, 4413
+#: oversized, 4429 flood) or another connection took it over (4409).
+FINAL_CODES: Final = frozenset({1000, 4400, 4401, 4404, 4409, 4413, 4429})
 
 
 def _code(exc: ConnectionClosed) -> int | None:
