@@ -425,6 +425,7 @@ def test_rspp_call_says_a_wav_and_writes_what_the_bot_said(tmp_path: Path) -> No
             output_rate=16000,
             max_wait=20.0,
             tail=0.3,
+            reconnects=5,
         )
         assert call(args) == 0
     report = json.loads((out / "call.json").read_text())
@@ -452,6 +453,7 @@ def test_rspp_call_without_a_valid_token_says_so(
             output_rate=16000,
             max_wait=5.0,
             tail=None,
+            reconnects=5,
         )
         assert call(args) == 1
     assert "4401" in capsys.readouterr().err
