@@ -207,9 +207,11 @@ class AudioOutput(Node[AudioOutputConfig]):
             if due - lead_ns - now > _SLACK_NS:
                 return due - lead_ns
             buffer.popleft()
-            self._buffered_ns -= item.duration_ns
-            self._sent_ns[item.turn] = self._sent_ns.get(item.turn, 0) + item.duration_ns
-            self._next_ns = due + item.duration_ns
+            duration = item.duration_ns
+            self._buffered_ns -= duration
+            sent_ns = self._sent_ns
+            sent_ns[item.turn] = sent_ns.get(item.turn, 0) + duration
+            self._next_ns = due + duration
             self.emit(item, item)
 
     def _play_soon(self) -> None:
