@@ -345,3 +345,29 @@ def test_a_late_wake_up_is_caught_up_within_the_lead_not_carried_forward() -> No
     assert late, "the block delayed some frames"
     assert max(late) <= 21, f"frames {late} stayed late"
     assert times[-1] == pytest.approx(start + 49 * 20 * MS - 60 * MS, abs=TOL)
+
+
+def test_with_a_lead_wake_ups_fall_on_a_2_ms_grid_never_early_never_past_it() -> None:
+    # Many calls' frames due at scattered instants share a wake-up when each rounds
+    # its own up to a 2 ms grid of session time (the loop's iterations, not the frames,
+    # were most of a server's CPU); the lead covers the delay.
+    marks: dict[str, int] = {}
+
+    async def script(session: Session, sink: RecordingSink) -> None:
+        await asyncio.sleep(0.0013)  # off the grid
+        marks["start"] = session.now_ns()
+        session.push(chunk(200))
+        await asyncio.sleep(0.5)
+
+    sink = run_output(script, lead_ms=60.0)
+    times = frame_times(sink)
+    assert len(times) == 10
+    start = marks["start"]
+    for i, t in enumerate(times):
+        scheduled = start + i * 20 * MS - 60 * MS  # due minus the lead
+        if scheduled <= start:
+            assert t == start  # within the lead: out at once, with the first
+            continue
+        assert t % (2 * MS) <= TOL or t % (2 * MS) >= 2 * MS - TOL, f"frame {i} off the grid"
+        assert scheduled - TOL <= t < scheduled + 2 * MS
+    assert sum(1 for i in range(len(times)) if start + i * 20 * MS - 60 * MS > start) == 6

@@ -6,7 +6,10 @@ frame duration (``lead_ms`` ahead of real time, to cover the client's jitter
 buffer) as ``audio.out``; the kernel hands each frame to the sink bound to this
 node and records it as delivered. The pacing runs on one session timer (no task
 of its own): a frame leaves from the timer's callback, or at once when audio
-arrives with nothing playing.
+arrives with nothing playing. With a lead of 8 ms or more the timer is set on a
+2 ms grid of session time (a frame leaves up to 2 ms after its moment, which the
+lead covers): the frames of many calls in one server then share the event
+loop's wake-ups, which were most of a server's CPU per call (``BENCHMARKS.md``).
 
 Barge-in: on ``control.clear_buffer`` the buffered frames of the cleared turns
 are dropped at once and the pacing restarts, so the next reply starts without
@@ -58,6 +61,8 @@ __all__ = ["AudioOutput", "AudioOutputState"]
 #: A frame this close to its time is sent now (loop time is a float: waiting for the
 #: exact nanosecond could spin).
 _SLACK_NS = 50_000
+#: The grid of a paced output's wake-ups when it has a lead of at least four of them.
+_GRID_NS = 2_000_000
 
 
 class AudioOutputConfig(NodeConfig):
@@ -99,6 +104,9 @@ class AudioOutput(Node[AudioOutputConfig]):
         self._next_ns = 0  # when the next frame is due (session clock)
         self._sent_ns: dict[int, int] = {}  # turn -> audio sent
         self._lead_ns = int(config.lead_ms * 1e6)
+        # With a lead, a frame may leave a little after its time (the client's buffer
+        # absorbs it): wake-ups on a 2 ms grid of session time coalesce across calls.
+        self._grid_ns = _GRID_NS if self._lead_ns >= 4 * _GRID_NS else 0
         self._timer: Timer | None = None  # when the next frame is due
         self._playing = False
         self.paused = False
@@ -227,6 +235,9 @@ class AudioOutput(Node[AudioOutputConfig]):
         self._arm(self.ctx.now_ns())
 
     def _arm(self, at_ns: int | None) -> None:
+        grid = self._grid_ns
+        if at_ns is not None and grid:
+            at_ns = -(-at_ns // grid) * grid  # up to the grid: many calls' frames, one wake-up
         timer = self._timer
         if timer is not None:
             if at_ns is not None and timer.when_ns == at_ns and timer.pending:
