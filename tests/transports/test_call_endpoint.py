@@ -27,7 +27,7 @@ from rspp.testing.audio import silence, speech_like
 from rspp.testing.server import serving
 from rspp.transports.auth import Auth
 from rspp.transports.call.calls import Connection, SlowConsumer
-from rspp.transports.call.endpoint import EndpointConfig, _DirectReader, _Disconnected
+from rspp.transports.call.endpoint import EndpointConfig, _Disconnected, _Reader
 from rspp.transports.call.server import CallServer, Limits
 from rspp.transports.metrics import ServerMetrics
 from rspp.transports.port import LocalHost
@@ -404,7 +404,7 @@ def test_direct_mode_backpressure_keeps_the_order_and_pauses_the_socket() -> Non
         )
         port = FullSession(refusals=1)
         connection = Connection(proto.encode, _no_send, max_queued_bytes=100_000)
-        reader = _DirectReader(proto, ServerMetrics())
+        reader = _Reader(proto, ServerMetrics())
         socket = PausingSocket()
         reader.on_open(socket)  # type: ignore[arg-type]
         reader.start(SimpleNamespace(port=port), connection)  # type: ignore[arg-type]
@@ -479,7 +479,7 @@ def test_a_close_the_client_does_not_take_is_bounded_and_cuts_the_socket_off(
 
     async def main() -> None:
         monkeypatch.setattr(endpoint, "CLOSE_TIMEOUT_S", 0.05)
-        reader = _DirectReader(CallServer(Limits()), ServerMetrics())
+        reader = _Reader(CallServer(Limits()), ServerMetrics())
         socket = Socket()
         reader.on_open(socket)  # type: ignore[arg-type]
         await asyncio.wait_for(endpoint._close(StuckWebSocket(), 4508, "slow", reader), 1.0)  # type: ignore[arg-type]

@@ -83,20 +83,17 @@ class CallEndpoint:
         call: Call | None = None
         connection: Connection | None = None
         direct = direct_of(ws.scope)
-        reader: _DirectReader | None = None
+        reader = _Reader(proto, self.registry.metrics)
         if direct is not None:
             # Taken over at once (nothing can have arrived since the upgrade): the
             # server's direct mode, the hello included.
-            reader = _DirectReader(proto, self.registry.metrics)
             direct["take_over"](reader)
         try:
-            receive = reader.first if reader is not None else partial(_receive, ws)
+            receive = reader.first if direct is not None else partial(_receive, ws)
             call, connection = await self._handshake(ws, proto, receive)
-            if reader is not None:
-                reader.start(call, connection)
-                await self._run(reader.run(), call, connection)
-            else:
-                await self._serve(ws, proto, call, connection)
+            reader.start(call, connection)
+            read = reader.run() if direct is not None else reader.pump(ws)
+            await self._run(read, call, connection)
         except CallClosed as closed:
             metrics.closed.labels(str(closed.code)).inc()
             log.info("call connection closed: %s", closed)
@@ -179,11 +176,6 @@ class CallEndpoint:
             log.info("call %s resumed; some held output was already gone", call.session_id)
         return call, connection
 
-    async def _serve(
-        self, ws: WebSocket, proto: CallServer, call: Call, connection: Connection
-    ) -> None:
-        await self._run(self._read(ws, proto, call, connection), call, connection)
-
     async def _run(
         self, read: Coroutine[Any, Any, NoReturn], call: Call, connection: Connection
     ) -> None:
@@ -208,47 +200,18 @@ class CallEndpoint:
             raise CallClosed(1000, "the call has ended")
         raise CallClosed(4409, "another connection took over this call")
 
-    async def _read(
-        self, ws: WebSocket, proto: CallServer, call: Call, connection: Connection
-    ) -> NoReturn:
-        port = call.port
-        metrics = self.registry.metrics
-        while True:
-            text, data = await _receive(ws)
-            now = time.monotonic()
-            actions = (
-                proto.receive_text(text, now)
-                if text is not None
-                else (proto.receive_bytes(data or b"", now))
-            )
-            for action in actions:
-                if isinstance(action, Input):
-                    try:
-                        await port.push(action.event)
-                    except InvalidInput as exc:
-                        metrics.rejected.labels("invalid_input").inc()
-                        connection.put(_error("invalid_input", str(exc)))
-                    except SessionClosed:
-                        raise CallClosed(1000, "the call has ended") from None
-                elif isinstance(action, Played):
-                    port.report_playback(action.turn, action.played_ms)
-                elif isinstance(action, Refused):
-                    metrics.rejected.labels(action.code).inc()
-                    connection.put(_error(action.code, action.message))
-                elif isinstance(action, Ended):
-                    connection.put(proto.bye(action.reason))
-                    await port.close("client_bye")
-                    raise CallClosed(1000, "bye")
 
+class _Reader:
+    """A connection's input: each message handled as it arrives.
 
-class _DirectReader:
-    """A connection's input in direct mode: each message handled in the protocol's call.
-
-    The hello goes to the handshake (:meth:`first`); what arrives while the call is
-    being opened waits, in order, for :meth:`start`. Then each message is handled
-    as it arrives. What cannot be done there -- a push the session refuses for now
-    (backpressure), the end of the call -- is left to :meth:`run`, in order: while
-    anything waits, later actions wait behind it and the socket's reading is paused.
+    In the server's direct mode the protocol hands it every message from its own
+    call (:meth:`on_message`); the hello goes to the handshake (:meth:`first`) and
+    what arrives while the call is being opened waits, in order, for
+    :meth:`start`. Under plain ASGI, :meth:`pump` reads the messages instead.
+    What cannot be done at once -- a push the session refuses for now
+    (backpressure), the end of the call -- is left to :meth:`settle`, in order:
+    while anything waits, later actions wait behind it and reading stops (the
+    direct socket's is paused; :meth:`pump` does not read on until it is done).
     """
 
     def __init__(self, proto: CallServer, metrics: Any) -> None:
@@ -359,28 +322,40 @@ class _DirectReader:
     # -- the task ----------------------------------------------------------------------------
 
     async def run(self) -> NoReturn:
-        waiting = self._waiting
+        """Direct mode: settle whatever the protocol's calls left waiting."""
         while True:
             await self._attention.wait()
             self._attention.clear()
-            while waiting and self._failure is None:
-                action = waiting[0]
-                if isinstance(action, Ended):
-                    self.connection.put(self.proto.bye(action.reason))
-                    await self.port.close("client_bye")
-                    raise CallClosed(1000, "bye")
-                try:
-                    await self.port.push(action.event)
-                except InvalidInput as exc:
-                    self.metrics.rejected.labels("invalid_input").inc()
-                    self.connection.put(_error("invalid_input", str(exc)))
-                except SessionClosed:
-                    raise CallClosed(1000, "the call has ended") from None
-                waiting.popleft()
-            if self._failure is not None:
-                raise self._failure
-            if self.socket is not None:
-                self.socket.resume_reading()
+            await self.settle()
+
+    async def pump(self, ws: WebSocket) -> NoReturn:
+        """Plain ASGI: read the messages, settling each before the next is read."""
+        while True:
+            text, data = await _receive(ws)
+            self.on_message(text, data)
+            await self.settle()
+
+    async def settle(self) -> None:
+        """Do what waits, in order; raise what ended the connection."""
+        waiting = self._waiting
+        while waiting and self._failure is None:
+            action = waiting[0]
+            if isinstance(action, Ended):
+                self.connection.put(self.proto.bye(action.reason))
+                await self.port.close("client_bye")
+                raise CallClosed(1000, "bye")
+            try:
+                await self.port.push(action.event)
+            except InvalidInput as exc:
+                self.metrics.rejected.labels("invalid_input").inc()
+                self.connection.put(_error("invalid_input", str(exc)))
+            except SessionClosed:
+                raise CallClosed(1000, "the call has ended") from None
+            waiting.popleft()
+        if self._failure is not None:
+            raise self._failure
+        if self.socket is not None:
+            self.socket.resume_reading()
 
 
 async def _receive(ws: WebSocket) -> tuple[str | None, bytes | None]:
@@ -394,9 +369,7 @@ async def _receive(ws: WebSocket) -> tuple[str | None, bytes | None]:
 CLOSE_TIMEOUT_S = 2.0
 
 
-async def _close(
-    ws: WebSocket, code: int, reason: str, reader: _DirectReader | None = None
-) -> None:
+async def _close(ws: WebSocket, code: int, reason: str, reader: _Reader | None = None) -> None:
     """Close with ``code``; a client that does not take the close within
     :data:`CLOSE_TIMEOUT_S` is cut off (its socket aborted, in direct mode)."""
     try:
