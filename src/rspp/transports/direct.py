@@ -189,18 +189,13 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
             at = i + 2
             if first not in _FAST or not second & 0x80:
                 break  # not a whole masked data frame, ping or pong without extension bits
-            if length == 126:
-                if size - at < 2:
-                    self._keep(data, i, at + 2)
+            if length >= 126:  # a 2-byte (126) or 8-byte (127) extended length follows
+                extra = 2 if length == 126 else 8
+                if size - at < extra:
+                    self._keep(data, i, at + extra)
                     return
-                length = int.from_bytes(data[at : at + 2], "big")
-                at += 2
-            elif length == 127:
-                if size - at < 8:
-                    self._keep(data, i, at + 8)
-                    return
-                length = int.from_bytes(data[at : at + 8], "big")
-                at += 8
+                length = int.from_bytes(data[at : at + extra], "big")
+                at += extra
             if length > limit or (first >= 0x89 and length > 125):
                 break  # too large (control frames carry at most 125 bytes)
             end = at + 4 + length
