@@ -1,0 +1,537 @@
+"""The Redis store: :class:`SessionStore` on ``redis-py`` asyncio.
+
+The key layout is :mod:`rspp.cluster.keys` (per-session hash tags: it runs on
+Redis Cluster unchanged). The lease rules of :class:`~rspp.cluster.lease.LeaseState`
+run here as Lua scripts, each touching the keys of one session only, so that a
+check and the write it guards are one atomic step: a fenced write cannot land
+between a takeover's token bump and the new owner's first write. Leases are
+judged by the server's clock (``TIME``), never a worker's.
+
+Input log ids are Redis' own (``<ms>-<n>``, increasing even across a restart of
+the server), read as one number: ``ms << 20 | n``.
+
+Connection settings come from the URL (``redis://``, ``rediss://`` for TLS,
+``unix://``), with the password from ``RSPP_REDIS_PASSWORD`` if the URL has none
+and the ACL user from ``RSPP_REDIS_USERNAME``; neither is ever logged
+(:func:`safe_url`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from rspp.cluster import keys
+from rspp.cluster.records import Lease, SessionRecord, WorkerInfo
+from rspp.cluster.store import Fenced, InputEntry, StoreError, StoreUnavailable
+
+__all__ = ["RedisStore", "safe_url"]
+
+T = TypeVar("T")
+
+#: Output entries kept per session (approximately: ``MAXLEN ~``).
+OUTPUT_KEPT = 4096
+#: A session's keys live this long after their last refresh, and this long after its end.
+SESSION_TTL_MS = 24 * 3600 * 1000
+ENDED_TTL_MS = 120 * 1000
+SEQ_BITS = 20
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: lease. ARGV: worker, ttl_ms, key_ttl_ms. -> {granted, token, expires}
+_ACQUIRE = (
+    _NOW
+    + """
+local h = redis.call('HMGET', KEYS[1], 'owner', 'token', 'exp', 'hto', 'huntil', 'ended')
+local owner = h[1] or ''
+local token = tonumber(h[2] or '0')
+local exp = tonumber(h[3] or '0')
+local hto = h[4] or ''
+local huntil = tonumber(h[5] or '0')
+if h[6] == '1' then return {0, token, 0} end
+if owner ~= '' and exp > now and owner ~= ARGV[1] then return {0, token, 0} end
+if owner == '' and hto ~= '' and hto ~= ARGV[1] and now < huntil then return {0, token, 0} end
+token = token + 1
+local expires = now + tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', token, 'exp', expires,
+  'hto', '', 'huntil', 0, 'cuntil', 0)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {1, token, expires}
+"""
+)
+
+# KEYS: lease. ARGV: worker, token, ttl_ms. -> expires, or 0
+_RENEW = (
+    _NOW
+    + """
+local h = redis.call('HMGET', KEYS[1], 'owner', 'token', 'ended')
+if h[3] == '1' or h[1] ~= ARGV[1] or tonumber(h[2] or '0') ~= tonumber(ARGV[2]) then
+  return 0
+end
+local expires = now + tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], 'exp', expires)
+return expires
+"""
+)
+
+# KEYS: lease. ARGV: worker, token, to, hold_ms. -> 1 or 0
+_RELEASE = (
+    _NOW
+    + """
+local h = redis.call('HMGET', KEYS[1], 'owner', 'token', 'ended')
+if h[3] == '1' or h[1] ~= ARGV[1] or tonumber(h[2] or '0') ~= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'owner', '', 'exp', 0, 'hto', ARGV[3],
+  'huntil', now + tonumber(ARGV[4]))
+return 1
+"""
+)
+
+# KEYS: lease, input, snap, session, out. ARGV: token, ttl_ms. -> 1 or 0
+_FINISH = """
+if tonumber(redis.call('HGET', KEYS[1], 'token') or '0') ~= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'ended', 1, 'owner', '', 'exp', 0)
+redis.call('DEL', KEYS[2], KEYS[3])
+for i = 1, 5 do
+  if i ~= 2 and i ~= 3 then redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+end
+return 1
+"""
+
+# KEYS: lease. ARGV: hold_ms. -> 1 or 0
+_CLAIM = (
+    _NOW
+    + """
+local h = redis.call('HMGET', KEYS[1], 'owner', 'token', 'exp', 'huntil', 'cuntil', 'ended')
+local owner = h[1] or ''
+if h[6] == '1' or tonumber(h[2] or '0') == 0 then return 0 end
+if owner ~= '' and tonumber(h[3] or '0') > now then return 0 end
+if owner == '' and now < tonumber(h[4] or '0') then return 0 end
+if now < tonumber(h[5] or '0') then return 0 end
+redis.call('HSET', KEYS[1], 'cuntil', now + tonumber(ARGV[1]))
+return 1
+"""
+)
+
+# KEYS: lease, snap, input, session, out. ARGV: token, checkpoint, minid, key_ttl_ms. -> 1 or 0
+_SAVE = """
+local h = redis.call('HMGET', KEYS[1], 'token', 'ended')
+if h[2] == '1' or tonumber(h[1] or '0') ~= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('XTRIM', KEYS[3], 'MINID', ARGV[3])
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+end
+for i = 4, 5 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+# KEYS: lease, out. ARGV: token, maxlen, entries... -> 1 or 0
+_APPEND_OUTPUT = """
+if tonumber(redis.call('HGET', KEYS[1], 'token') or '0') ~= tonumber(ARGV[1]) then
+  return 0
+end
+for i = 3, #ARGV do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'o', ARGV[i])
+end
+return 1
+"""
+
+# KEYS: workers. ARGV: id, info.
+_HEARTBEAT = (
+    _NOW
+    + """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], ARGV[1] .. ':seen', now)
+return now
+"""
+)
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its credentials (for logs)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _seq(entry_id: bytes | str) -> int:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, n = text.partition("-")
+    return (int(ms) << SEQ_BITS) | int(n or 0)
+
+
+def _entry_id(seq: int) -> str:
+    return f"{seq >> SEQ_BITS}-{seq & ((1 << SEQ_BITS) - 1)}"
+
+
+def _items(found: Any, field: bytes) -> list[tuple[str, bytes]]:
+    """``(id, value of field)`` of each entry of an XREAD reply."""
+    return [
+        (_text(entry_id), fields[field]) for _, items in found or () for entry_id, fields in items
+    ]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisStore:
+    """:class:`~rspp.cluster.store.SessionStore` on Redis (see the module docstring)."""
+
+    def __init__(self, url: str, *, timeout_s: float = 3.0) -> None:
+        password = os.environ.get("RSPP_REDIS_PASSWORD") or None
+        username = os.environ.get("RSPP_REDIS_USERNAME") or None
+        options: dict[str, Any] = {
+            "socket_connect_timeout": timeout_s,
+            # Blocking reads wait at most a second; a silent socket beyond that is a dead one.
+            "socket_timeout": timeout_s + 2.0,
+            "health_check_interval": 15,
+        }
+        if password and not urlsplit(url).password:
+            options["password"] = password
+        if username and not urlsplit(url).username:
+            options["username"] = username
+        self.url = safe_url(url)
+        # redis-py's own annotations do not tell bytes from str replies: Any, checked by tests.
+        self.redis: Any = aioredis.Redis.from_url(url, **options)
+        r = self.redis
+        self._acquire = r.register_script(_ACQUIRE)
+        self._renew = r.register_script(_RENEW)
+        self._release = r.register_script(_RELEASE)
+        self._finish = r.register_script(_FINISH)
+        self._claim = r.register_script(_CLAIM)
+        self._save = r.register_script(_SAVE)
+        self._append_output = r.register_script(_APPEND_OUTPUT)
+        self._heartbeat = r.register_script(_HEARTBEAT)
+        self._group_ready = False
+
+    async def _call(self, what: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await what()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"redis at {self.url}: {exc}") from exc
+        except ResponseError as exc:
+            raise StoreError(f"redis at {self.url}: {exc}") from exc
+
+    async def now_ms(self) -> int:
+        secs, micros = await self._call(self.redis.time)
+        return int(secs) * 1000 + int(micros) // 1000
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    async def create(self, record: SessionRecord, ttl_s: int) -> None:
+        key = keys.session(record.id)
+        fields = {k: str(v) for k, v in msgspec.structs.asdict(record).items()}
+
+        async def write() -> None:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hset(key, mapping=fields)
+                pipe.expire(key, ttl_s)
+                await pipe.execute()
+
+        await self._call(write)
+
+    async def record(self, sid: str) -> SessionRecord | None:
+        raw = await self._call(lambda: self.redis.hgetall(keys.session(sid)))
+        if not raw:
+            return None
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        return SessionRecord(
+            id=fields.get("id", sid),
+            pipeline=fields.get("pipeline", ""),
+            state=fields.get("state", "pending"),
+            reason=fields.get("reason", ""),
+            worker=fields.get("worker", ""),
+            created_ms=int(fields.get("created_ms", "0") or 0),
+        )
+
+    async def update(self, sid: str, **fields: str) -> None:
+        await self._call(lambda: self.redis.hset(keys.session(sid), mapping=fields))
+
+    # -- leases -----------------------------------------------------------------------------
+
+    async def acquire(self, sid: str, worker: str, ttl_ms: int) -> Lease | None:
+        granted, token, expires = await self._call(
+            lambda: self._acquire(keys=[keys.lease(sid)], args=[worker, ttl_ms, SESSION_TTL_MS])
+        )
+        if not granted:
+            return None
+        await self._call(lambda: self.redis.zadd(keys.LEASES, {sid: expires}))
+        return Lease(sid, worker, int(token))
+
+    async def renew(self, leases: Sequence[Lease], ttl_ms: int) -> list[bool]:
+        if not leases:
+            return []
+
+        async def run() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for one in leases:
+                    await self._renew(
+                        keys=[keys.lease(one.session)],
+                        args=[one.worker, one.token, ttl_ms],
+                        client=pipe,
+                    )
+                return await pipe.execute()  # type: ignore[no-any-return]
+
+        results = await self._call(run)
+        index = {one.session: int(exp) for one, exp in zip(leases, results, strict=True) if exp}
+        if index:
+            await self._call(lambda: self.redis.zadd(keys.LEASES, index))
+        return [bool(exp) for exp in results]
+
+    async def release(self, lease: Lease, to: str = "", hold_ms: int = 2000) -> bool:
+        done = await self._call(
+            lambda: self._release(
+                keys=[keys.lease(lease.session)], args=[lease.worker, lease.token, to, hold_ms]
+            )
+        )
+        return bool(done)
+
+    async def finish(self, lease: Lease) -> bool:
+        sid = lease.session
+        done = await self._call(
+            lambda: self._finish(
+                keys=[
+                    keys.lease(sid),
+                    keys.input_log(sid),
+                    keys.snapshot(sid),
+                    keys.session(sid),
+                    keys.output(sid),
+                ],
+                args=[lease.token, ENDED_TTL_MS],
+            )
+        )
+        await self._call(lambda: self.redis.zrem(keys.LEASES, sid))
+        return bool(done)
+
+    async def lease_of(self, sid: str) -> tuple[str, int, int]:
+        owner, token, expires = await self._call(
+            lambda: self.redis.hmget(keys.lease(sid), ["owner", "token", "exp"])
+        )
+        return _text(owner or b""), int(token or 0), int(expires or 0)
+
+    async def orphans(self, limit: int = 100) -> list[str]:
+        now = await self.now_ms()
+        found = await self._call(
+            lambda: self.redis.zrangebyscore(keys.LEASES, "-inf", now, start=0, num=limit)
+        )
+        return [_text(sid) for sid in found]
+
+    async def claim(self, sid: str, hold_ms: int) -> bool:
+        got = await self._call(lambda: self._claim(keys=[keys.lease(sid)], args=[hold_ms]))
+        if not got:
+            owner, _, expires = await self.lease_of(sid)
+            if not owner and not expires:
+                # Ended, or never owned: out of the index (a live one comes back on renewal).
+                ended = await self._call(lambda: self.redis.hget(keys.lease(sid), "ended"))
+                if ended or not await self._call(lambda: self.redis.exists(keys.lease(sid))):
+                    await self._call(lambda: self.redis.zrem(keys.LEASES, sid))
+        return bool(got)
+
+    # -- state ------------------------------------------------------------------------------
+
+    async def save(self, lease: Lease, checkpoint: bytes, input_seq: int) -> None:
+        sid = lease.session
+        done = await self._call(
+            lambda: self._save(
+                keys=[
+                    keys.lease(sid),
+                    keys.snapshot(sid),
+                    keys.input_log(sid),
+                    keys.session(sid),
+                    keys.output(sid),
+                ],
+                args=[lease.token, checkpoint, _entry_id(input_seq + 1), SESSION_TTL_MS],
+            )
+        )
+        if not done:
+            raise Fenced(f"session {sid}: token {lease.token} is not the owner's")
+
+    async def load(self, sid: str) -> bytes | None:
+        return await self._call(lambda: self.redis.get(keys.snapshot(sid)))
+
+    # -- the input log ----------------------------------------------------------------------
+
+    async def append_input(self, sid: str, events: Sequence[bytes], close: str = "") -> int:
+        key = keys.input_log(sid)
+
+        async def run() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for event in events:
+                    pipe.xadd(key, {"e": event})
+                if close:
+                    pipe.xadd(key, {"c": close})
+                return await pipe.execute()  # type: ignore[no-any-return]
+
+        ids = await self._call(run)
+        return _seq(ids[-1]) if ids else 0
+
+    async def read_input(self, sid: str, after: int, block_ms: int) -> list[InputEntry]:
+        key = keys.input_log(sid)
+        start = _entry_id(after)
+        found = await self._call(
+            lambda: self.redis.xread({key: start}, count=1000, block=block_ms or None)
+        )
+        entries: list[InputEntry] = []
+        for _, items in found or ():
+            for entry_id, fields in items:
+                event = fields.get(b"e")
+                close = fields.get(b"c")
+                entries.append((_seq(entry_id), event, _text(close) if close else None))
+        return entries
+
+    # -- the output path --------------------------------------------------------------------
+
+    async def append_output(self, lease: Lease, entries: Sequence[bytes]) -> None:
+        sid = lease.session
+        done = await self._call(
+            lambda: self._append_output(
+                keys=[keys.lease(sid), keys.output(sid)],
+                args=[lease.token, OUTPUT_KEPT, *entries],
+            )
+        )
+        if not done:
+            raise Fenced(f"session {sid}: token {lease.token} is not the owner's")
+
+    async def read_output(self, sid: str, after: str, block_ms: int) -> list[tuple[str, bytes]]:
+        key = keys.output(sid)
+        found = await self._call(
+            lambda: self.redis.xread({key: after}, count=1000, block=block_ms or None)
+        )
+        return [
+            (_text(entry_id), fields[b"o"])
+            for _, items in found or ()
+            for entry_id, fields in items
+        ]
+
+    # -- workers and dispatch ---------------------------------------------------------------
+
+    async def heartbeat(self, info: WorkerInfo) -> None:
+        await self._call(
+            lambda: self._heartbeat(
+                keys=[keys.WORKERS], args=[info.id, msgspec.msgpack.encode(info)]
+            )
+        )
+
+    async def workers(self, max_age_ms: int) -> list[WorkerInfo]:
+        raw = await self._call(lambda: self.redis.hgetall(keys.WORKERS))
+        now = await self.now_ms()
+        found: list[WorkerInfo] = []
+        stale: list[str] = []
+        for field, value in raw.items():
+            name = _text(field)
+            if name.endswith(":seen"):
+                continue
+            seen = int(raw.get(f"{name}:seen".encode(), b"0"))
+            if now - seen > max_age_ms:
+                stale += [name, f"{name}:seen"]
+                continue
+            info = msgspec.msgpack.decode(value, type=WorkerInfo)
+            info.seen_ms = seen
+            found.append(info)
+        if stale:
+            await self._call(lambda: self.redis.hdel(keys.WORKERS, *stale))
+        return found
+
+    async def tell(self, worker: str, task: bytes) -> None:
+        await self._call(
+            lambda: self.redis.xadd(keys.worker_inbox(worker), {"t": task}, maxlen=1000)
+        )
+
+    async def tasks(self, worker: str, after: str, block_ms: int) -> list[tuple[str, bytes]]:
+        key = keys.worker_inbox(worker)
+        found = await self._call(
+            lambda: self.redis.xread({key: after}, count=100, block=block_ms or None)
+        )
+        return [
+            (_text(entry_id), fields[b"t"])
+            for _, items in found or ()
+            for entry_id, fields in items
+        ]
+
+    async def request(self, request: bytes) -> None:
+        await self._call(lambda: self.redis.xadd(keys.DISPATCH, {"r": request}, maxlen=100_000))
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            await self._call(
+                lambda: self.redis.xgroup_create(
+                    keys.DISPATCH, keys.DISPATCH_GROUP, id="0", mkstream=True
+                )
+            )
+        except StoreError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def requests(
+        self, dispatcher: str, block_ms: int, reclaim_after_ms: int
+    ) -> list[tuple[str, bytes]]:
+        await self._ensure_group()
+        try:
+            claimed = await self._call(
+                lambda: self.redis.xautoclaim(
+                    keys.DISPATCH,
+                    keys.DISPATCH_GROUP,
+                    dispatcher,
+                    reclaim_after_ms,
+                    start_id="0-0",
+                    count=100,
+                )
+            )
+            found = [(_text(entry_id), fields[b"r"]) for entry_id, fields in claimed[1] if fields]
+            if found:
+                return found
+            fresh = await self._call(
+                lambda: self.redis.xreadgroup(
+                    keys.DISPATCH_GROUP,
+                    dispatcher,
+                    {keys.DISPATCH: ">"},
+                    count=100,
+                    block=block_ms or None,
+                )
+            )
+        except StoreError as exc:
+            if "NOGROUP" in str(exc):  # the server restarted without its data
+                self._group_ready = False
+                return []
+            raise
+        return [
+            (_text(entry_id), fields[b"r"])
+            for _, items in fresh or ()
+            for entry_id, fields in items
+        ]
+
+    async def done(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+
+        async def run() -> None:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xack(keys.DISPATCH, keys.DISPATCH_GROUP, *ids)
+                pipe.xdel(keys.DISPATCH, *ids)
+                await pipe.execute()
+
+        await self._call(run)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
