@@ -120,7 +120,7 @@ class MemoryStore:
 
     async def update(self, sid: str, **fields: str) -> None:
         s = self._session(sid)
-        s.record = msgspec.structs.replace(s.record, **fields)[arg-type]
+        s.record = msgspec.structs.replace(s.record, **fields)
 
     # -- leases -----------------------------------------------------------------------------
 
