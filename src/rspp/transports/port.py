@@ -26,9 +26,25 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rspp.events import Event, Metrics, PlaybackPosition
-from rspp.kernel import Overloaded, Pipeline, RsppError, Session, SessionClosed
+from rspp.kernel import (
+    Overloaded,
+    Pipeline,
+    RsppError,
+    Session,
+    SessionClosed,
+    SessionSnapshot,
+)
 
-__all__ = ["HostFull", "LocalHost", "LocalPort", "SessionHost", "SessionPort", "Visibility"]
+__all__ = [
+    "HostFull",
+    "LocalHost",
+    "LocalPort",
+    "SessionHost",
+    "SessionPort",
+    "Visibility",
+    "lead_of",
+    "local_port",
+]
 
 log = logging.getLogger("rspp.transports")
 
@@ -369,13 +385,9 @@ class LocalHost:
         plan = self._pipelines.get(name)
         if plan is None:
             raise KeyError(f"no pipeline {name!r} here (have: {', '.join(self._pipelines)})")
-        sid = session_id or uuid.uuid4().hex
-        port = LocalPort()
-        session = plan.session(
-            sid, sinks={_sink_of(plan): port}, observers=[port.observe], resources=self._resources
-        )
-        port.attach(session)
-        await session.start()
+        port = local_port(plan, session_id or uuid.uuid4().hex, resources=self._resources)
+        await port.session.start()
+        sid = port.session_id
         self._ports[sid] = port
         return port
 
@@ -384,6 +396,28 @@ class LocalHost:
         await asyncio.gather(
             *(port.close("server_shutdown") for port in list(self._ports.values()))
         )
+
+
+def local_port(
+    plan: Pipeline,
+    session_id: str,
+    *,
+    resources: Mapping[str, Any] | None = None,
+    snapshot: SessionSnapshot | None = None,
+    incarnation: int | None = None,
+) -> LocalPort:
+    """A session of ``plan`` (not started) with a port as its client sink and observer."""
+    port = LocalPort()
+    session = plan.session(
+        session_id,
+        sinks={_sink_of(plan): port},
+        observers=[port.observe],
+        resources=resources,
+        snapshot=snapshot,
+        incarnation=incarnation,
+    )
+    port.attach(session)
+    return port
 
 
 def lead_of(pipeline: Pipeline) -> float:

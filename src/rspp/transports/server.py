@@ -94,18 +94,31 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with asyncio.TaskGroup() as group:
-            registry.bind(group)
-            loading = None
-            if isinstance(host, LocalHost) and not host.ready:
-                loading = group.create_task(_load(host, status, freeze=config.freeze_gc))
-            try:
-                yield
-            finally:
-                if loading is not None:
-                    loading.cancel()
-                if isinstance(host, LocalHost):
-                    await host.close()
+        # A host whose sessions run elsewhere owns its own tasks (a cluster's gateway).
+        running = getattr(host, "running", None)
+        async with contextlib.AsyncExitStack() as stack:
+            if running is not None:
+                await stack.enter_async_context(running())
+            async with asyncio.TaskGroup() as group:
+                registry.bind(group)
+                background = []
+                if isinstance(host, LocalHost) and not host.ready:
+                    background.append(
+                        group.create_task(_load(host, status, freeze=config.freeze_gc))
+                    )
+                watch = getattr(host, "watch", None)
+                if watch is not None:
+                    background.append(group.create_task(watch()))
+                try:
+                    yield
+                finally:
+                    for task in background:
+                        task.cancel()
+                    if isinstance(host, LocalHost):
+                        await host.close()
+                    leave = getattr(host, "leave", None)
+                    if leave is not None:
+                        leave()  # the calls go on elsewhere: their clients reconnect
 
     async def page(request: Request) -> Response:
         return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})

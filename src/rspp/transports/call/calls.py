@@ -308,6 +308,10 @@ class CallRegistry:
         port = await self.host.open(pipeline)
         name = pipeline or self.host.pipelines[0]
         token = self.auth.resume_token(port.session_id, ttl_s=24 * 3600)
+        return self._start(port, name, token)
+
+    def _start(self, port: SessionPort, name: str, token: str) -> Call:
+        assert self._group is not None
         call = Call(port, name, token, self.window_s)
         call.drops = self.metrics.drops()
         call.on_event = partial(self._observe, call)
@@ -316,10 +320,27 @@ class CallRegistry:
         self._group.create_task(self._run(call))
         return call
 
-    def resume(self, token: str) -> Call | None:
+    async def resume(self, token: str, last_pos: tuple[int, int] | None = None) -> Call | None:
+        """The call a resume token names: held here, or (a cluster's gateway) reattached.
+
+        A call this server never held -- another gateway served it and died -- is
+        taken up again if the host can (``reattach``), from the client's last position.
+        """
         sid = self.auth.resumed_session(token)
-        call = self.calls.get(sid) if sid else None
-        return None if call is None or call.ended else call
+        if not sid:
+            return None
+        call = self.calls.get(sid)
+        if call is not None:
+            return None if call.ended else call
+        reattach = getattr(self.host, "reattach", None)
+        if reattach is None or self._group is None:
+            return None
+        port = await reattach(sid, last_pos)
+        if port is None:
+            return None
+        call = self._start(port, getattr(port, "pipeline", "") or self.host.pipelines[0], token)
+        log.info("call %s reattached here (its gateway is gone)", sid)
+        return call
 
     async def _run(self, call: Call) -> None:
         outcome = "ended"

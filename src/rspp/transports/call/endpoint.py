@@ -130,7 +130,7 @@ class CallEndpoint:
         header = ws.headers.get("authorization", "")
         token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
         if hello.resume:
-            call = registry.resume(hello.resume)
+            call = await registry.resume(hello.resume, hello.last_pos)
             if call is None:
                 raise proto.refuse(4404, "no such call (unknown resume token, or the call ended)")
         else:

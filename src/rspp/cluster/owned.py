@@ -1,0 +1,327 @@
+"""One session a worker owns: input from the log, output to the gateway, checkpoints.
+
+:class:`OwnedSession` is the thin shell around a kernel session that makes it
+movable. Its lease is the worker's; the session's incarnation is the lease's
+token, so every output event names the owner that made it. It
+
+* takes its input from the session's input log, from just after its
+  checkpoint (a new owner replays what the old one had taken in since), with
+  the log's entry numbers as input sequence numbers (a replay is idempotent);
+* writes what the caller sees to the output stream, fenced by the lease, each
+  event stamped with its ordinal (:mod:`rspp.cluster.stamps`);
+* checkpoints -- snapshot, stamps, input position -- at each reply's end and
+  every ``checkpoint_every_ms`` while anything happens, always *after* the
+  output that preceded it (one ordered writer), so that a new owner never
+  resumes past output that was not written;
+* ends in one of four ways (:attr:`outcome`): ``ended`` (the call is over:
+  lease finished), ``moved`` (handed over: checkpoint at this instant, lease
+  released to the next owner), ``lost`` (another owner took over: stop at once,
+  silent) and ``refused`` (its checkpoint cannot be restored here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from rspp.cluster.records import Checkpoint, Lease, OutputEntry
+from rspp.cluster.stamps import OutputStamps
+from rspp.cluster.store import Fenced, StoreUnavailable
+from rspp.events import DecodeError, Event, MsgpackCodec
+from rspp.kernel import (
+    InvalidInput,
+    Overloaded,
+    Pipeline,
+    SessionClosed,
+    SessionSnapshot,
+    SnapshotError,
+)
+from rspp.transports.port import LocalPort, local_port
+
+if TYPE_CHECKING:
+    from rspp.cluster.worker import Worker
+
+__all__ = ["OwnedSession"]
+
+log = logging.getLogger("rspp.cluster.worker")
+
+_CODEC = MsgpackCodec()
+_ENTRY = msgspec.msgpack.Encoder()
+#: Output kept while the store is away, at most (then the oldest goes; the caller would
+#: hear it late anyway, and "heard" is what the client reports, so nothing is misrecorded).
+OUTBOX_LIMIT = 500
+
+
+class OwnedSession:
+    """A session owned by lease on this worker (see the module docstring)."""
+
+    def __init__(
+        self,
+        worker: Worker,
+        lease: Lease,
+        pipeline: Pipeline,
+        checkpoint: Checkpoint | None,
+        why: str,
+        asked_ns: int,
+    ) -> None:
+        self.worker = worker
+        self.lease = lease
+        self.pipeline = pipeline
+        self.why = why
+        self._asked_ns = asked_ns
+        self.store = worker.store
+        self.outcome = ""
+        self.input_seq = checkpoint.input_seq if checkpoint else 0
+        self.stamps = OutputStamps(checkpoint.stamps if checkpoint else None)
+        self._restored = checkpoint is not None
+        self._outbox: list[bytes] = []
+        self._checkpoint: Checkpoint | None = None
+        self._wake = asyncio.Event()
+        self._flushed = asyncio.Event()
+        self._done = asyncio.Event()
+        self._quiet = False
+        self._dirty = False
+        self._first_output = True
+        snapshot = (
+            msgspec.msgpack.decode(checkpoint.snapshot, type=SessionSnapshot)
+            if checkpoint
+            else None
+        )
+        self.port: LocalPort = local_port(
+            pipeline,
+            lease.session,
+            resources=worker.resources,
+            snapshot=snapshot,
+            incarnation=lease.token,
+        )
+        self.port.listen(self._output)
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def session_id(self) -> str:
+        return self.lease.session
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Own the session until it ends, moves or is lost."""
+        session = self.port.session
+        try:
+            await session.start()
+        except SnapshotError as exc:
+            self.outcome = "refused"
+            log.error("session %s: its checkpoint is refused here: %s", self.session_id, exc)
+            return
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._reader = tg.create_task(self._read_input())
+                writer = tg.create_task(self._write())
+                ticker = tg.create_task(self._tick())
+                await self._done.wait()
+                self._reader.cancel()
+                ticker.cancel()
+                if self.outcome == "lost":
+                    writer.cancel()
+                else:
+                    self._wake.set()  # flush what is left (and the hand-over checkpoint)
+                    moving = self.outcome == "moved"
+                    await self._idle(self.worker.config.drain_deadline_s if moving else 5.0)
+                    writer.cancel()
+        finally:
+            self._quiet = True
+            if session.running:
+                await session.close(self.outcome or "closed")
+        if self.outcome == "ended":
+            try:
+                await self.store.finish(self.lease)
+                await self.store.update(self.session_id, state="ended")
+            except StoreUnavailable:
+                log.warning("session %s ended; the store did not hear it", self.session_id)
+
+    async def _idle(self, timeout_s: float) -> None:
+        """Wait until the writer has written everything queued (or ``timeout_s`` passed)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self._outbox or self._checkpoint is not None:
+                    self._flushed.clear()
+                    await self._flushed.wait()
+
+    def stop(self, outcome: str) -> None:
+        if not self.outcome:
+            self.outcome = outcome
+        self._done.set()
+
+    def lose(self) -> None:
+        """Another owner holds the session now: not another word, not another write."""
+        if self.outcome in ("", "moved"):
+            self.outcome = "lost"
+        self._quiet = True
+        self._outbox.clear()
+        self._checkpoint = None
+        self._done.set()
+
+    async def hand_over(self, to: str, why: str) -> None:
+        """Checkpoint at this instant, stop, and release the lease to the next owner."""
+        if self._done.is_set():
+            return
+        if self._reader is not None:
+            self._reader.cancel()  # what comes now stays in the log for the next owner
+        self._quiet = True
+        self._capture()
+        self.stop("moved")
+        # run() flushes output and checkpoint, then the worker releases the lease.
+        self.handover_to = to
+        self.handover_why = why
+
+    handover_to = ""
+    handover_why = ""
+
+    # -- output -----------------------------------------------------------------------------
+
+    def _output(self, event: Event) -> None:
+        """The port's listener: in the session's own call, for every event the caller sees."""
+        if self._quiet:
+            return
+        kind = event.kind
+        if kind == "session.start" and self._restored:
+            return  # the caller has had its start
+        if self._first_output:
+            self._first_output = False
+            self.worker.took(self, (time.perf_counter_ns() - self._asked_ns) / 1e6)
+        index = self.stamps.stamp(event)
+        self._outbox.append(
+            _ENTRY.encode(OutputEntry(self.lease.token, event.turn, index, _CODEC.encode(event)))
+        )
+        self._dirty = True
+        if len(self._outbox) > OUTBOX_LIMIT:
+            del self._outbox[0]
+            self.worker.metrics.output_dropped.inc()
+        if kind in ("turn.done", "turn.interrupted"):
+            self._capture()
+        elif kind == "session.end":
+            self.stop("ended")
+        self._wake.set()
+
+    def _capture(self) -> None:
+        """A checkpoint of this instant, written after the output queued before it."""
+        session = self.port.session
+        if not session.running:
+            return
+        try:
+            snap = session.snapshot()
+        except Exception:
+            log.exception("session %s: snapshot failed", self.session_id)
+            return
+        self._checkpoint = Checkpoint(
+            token=self.lease.token,
+            pipeline=self.pipeline.name,
+            input_seq=snap.input_seq,
+            snapshot=msgspec.msgpack.encode(snap),
+            stamps=self.stamps.saved(),
+            taken_ms=time.time_ns() // 1_000_000,
+        )
+        self._dirty = False
+        self._wake.set()
+
+    async def _write(self) -> None:
+        """The one ordered writer: output entries, then the checkpoint taken after them."""
+        store = self.store
+        timer = self.worker.metrics.store
+        backoff = 0.05
+        while True:
+            self._flushed.set()
+            await self._wake.wait()
+            self._wake.clear()
+            while self._outbox or self._checkpoint is not None:
+                batch, self._outbox = self._outbox, []
+                checkpoint, self._checkpoint = self._checkpoint, None
+                try:
+                    if batch:
+                        async with timer.time("append_output"):
+                            await store.append_output(self.lease, batch)
+                    batch = []
+                    if checkpoint is not None:
+                        async with timer.time("save"):
+                            await store.save(
+                                self.lease, msgspec.msgpack.encode(checkpoint), checkpoint.input_seq
+                            )
+                        self.worker.metrics.checkpoints.labels("ok").inc()
+                    backoff = 0.05
+                except Fenced:
+                    log.warning("session %s: fenced (a newer owner exists)", self.session_id)
+                    self.worker.metrics.lost.inc()
+                    self.lose()
+                    return
+                except StoreUnavailable as exc:
+                    # Keep it for when the store is back (the call goes on meanwhile).
+                    self._outbox[:0] = batch
+                    del self._outbox[: max(0, len(self._outbox) - OUTBOX_LIMIT)]
+                    if self._checkpoint is None:
+                        self._checkpoint = checkpoint
+                    self.worker.store_trouble(exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 1.0)
+
+    async def _tick(self) -> None:
+        """A checkpoint every ``checkpoint_every_ms`` while something happened."""
+        every = self.worker.config.checkpoint_every_ms / 1000
+        while True:
+            await asyncio.sleep(every)
+            if self._dirty or self.port.session.ingress.seq != self.input_seq:
+                self.input_seq = self.port.session.ingress.seq
+                self._capture()
+
+    # -- input ------------------------------------------------------------------------------
+
+    async def _read_input(self) -> None:
+        session = self.port.session
+        store = self.store
+        after = self.input_seq
+        backoff = 0.05
+        idle_s = self.worker.config.input_idle_s
+        heard_from = time.monotonic()
+        while True:
+            try:
+                entries = await store.read_input(self.session_id, after, 1000)
+                backoff = 0.05
+                now = time.monotonic()
+                if entries:
+                    heard_from = now
+                elif now - heard_from > idle_s:
+                    log.info("session %s: no input for %.0f s: ended", self.session_id, idle_s)
+                    await session.close("abandoned")
+                    return
+            except StoreUnavailable as exc:
+                self.worker.store_trouble(exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            for seq, raw, close in entries:
+                if close is not None:
+                    await session.close(close)  # its session.end ends the call
+                    return
+                after = seq
+                if raw is None:
+                    continue
+                try:
+                    event = _CODEC.decode(raw)
+                except DecodeError as exc:
+                    session.count_drop("ingress", "?", "undecodable")
+                    log.warning("session %s: undecodable input dropped: %s", self.session_id, exc)
+                    continue
+                while True:
+                    try:
+                        session.push(event, seq=seq)
+                        break
+                    except Overloaded:
+                        await session.writable(event.kind)
+                    except InvalidInput as exc:
+                        log.info("session %s: input refused: %s", self.session_id, exc)
+                        break
+                    except SessionClosed:
+                        return

@@ -1,0 +1,352 @@
+"""``rspp worker``: runs sessions, many per process, each owned by a lease.
+
+A worker loads its pipelines' models once, then beats (:class:`~.records.WorkerInfo`:
+capacity, sessions, CPU, draining) and takes what its inbox says: ``take`` a
+session (new, or another worker's that died or moved), ``move`` one away,
+``drain``. All its sessions' leases are renewed together every
+``renew_every_ms``; a lease the store no longer grants is *lost*: that session
+stops at once, silently (its new owner speaks now). While the store cannot be
+reached, sessions go on (their leases cannot lapse into anyone's hands: no
+dispatcher can reach the store either) and catch up when it is back.
+
+Draining (SIGTERM, :meth:`Worker.drain`): the worker says so in its next beat
+(dispatchers place nothing more on it), hands each session over at its next
+safe point -- between replies -- or, past half the deadline, at once, mid-reply
+by snapshot; then it exits. A second SIGTERM hands the rest over at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+import rspp
+from rspp.cluster.metrics import WorkerMetrics
+from rspp.cluster.owned import OwnedSession
+from rspp.cluster.records import Checkpoint, Request, Task, WorkerInfo
+from rspp.cluster.store import SessionStore, StoreError, StoreUnavailable
+from rspp.events import ABI_VERSION
+from rspp.kernel import Pipeline
+from rspp.kernel.snapshot import SNAPSHOT_FORMAT
+
+__all__ = ["Worker", "WorkerConfig", "compatibility"]
+
+log = logging.getLogger("rspp.cluster.worker")
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def compatibility() -> str:
+    """What checkpoints this worker reads: ``<snapshot format>/<ABI major>``."""
+    return f"{SNAPSHOT_FORMAT}/{ABI_VERSION.split('.')[0]}"
+
+
+@dataclass
+class WorkerConfig:
+    id: str = field(default_factory=default_worker_id)
+    capacity: int = 50
+    lease_ttl_ms: int = 600
+    renew_every_ms: int = 150
+    heartbeat_every_ms: int = 200
+    checkpoint_every_ms: int = 500
+    #: How long a drain may take in all (the pod's grace period, less a margin).
+    drain_deadline_s: float = 25.0
+    #: How long a released session is kept for the worker it was handed to.
+    handoff_hold_ms: int = 2000
+    #: A session with no input for this long has lost its caller (and every gateway).
+    input_idle_s: float = 60.0
+
+
+class Worker:
+    """Sessions of some pipelines on this process, owned by lease (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        pipelines: Mapping[str, Pipeline],
+        config: WorkerConfig | None = None,
+        *,
+        resources: Mapping[str, Any] | None = None,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        if not pipelines:
+            raise ValueError("a worker needs at least one pipeline")
+        self.store = store
+        self.pipelines = dict(pipelines)
+        self.config = config or WorkerConfig()
+        self.resources = resources
+        self.metrics = metrics or WorkerMetrics()
+        self.metrics.capacity.set(self.config.capacity)
+        self.sessions: dict[str, OwnedSession] = {}
+        self.draining = False
+        self.ready = False
+        self.store_ok = True
+        self._hurry = False
+        self._stop = asyncio.Event()
+        self._group: asyncio.TaskGroup | None = None
+        self._cpu = (time.process_time(), time.monotonic(), 0.0)
+        self._trouble_logged = 0.0
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self, *, load: bool = True) -> None:
+        """Load the models, then serve until drained (or cancelled)."""
+        if load:
+            from rspp.agent import preload
+
+            for pipeline in self.pipelines.values():
+                await preload(pipeline)
+        self.ready = True
+        async with asyncio.TaskGroup() as tg:
+            self._group = tg
+            loops = [
+                tg.create_task(self._beat()),
+                tg.create_task(self._renew()),
+                tg.create_task(self._inbox()),
+            ]
+            await self._stop.wait()
+            for one in loops:
+                one.cancel()
+        log.info("worker %s: stopped", self.id)
+
+    def stop(self) -> None:
+        """Stop at once (sessions are not handed over: a crash, as far as they know)."""
+        self._stop.set()
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(
+            id=self.id,
+            pipelines=list(self.pipelines),
+            capacity=self.config.capacity,
+            active=len(self.sessions),
+            cpu=self._cpu[2],
+            draining=self.draining,
+            abi=compatibility(),
+            version=rspp.__version__,
+        )
+
+    async def _beat(self) -> None:
+        every = self.config.heartbeat_every_ms / 1000
+        while True:
+            cpu, wall, _ = self._cpu
+            now_cpu, now_wall = time.process_time(), time.monotonic()
+            if now_wall > wall:
+                self._cpu = (now_cpu, now_wall, (now_cpu - cpu) / (now_wall - wall))
+            try:
+                async with self.metrics.store.time("heartbeat"):
+                    await self.store.heartbeat(self.info())
+                self.store_ok = True
+            except StoreUnavailable as exc:
+                self.store_trouble(exc)
+            await asyncio.sleep(every)
+
+    async def _renew(self) -> None:
+        every = self.config.renew_every_ms / 1000
+        while True:
+            await asyncio.sleep(every)
+            owned = [s for s in self.sessions.values() if not s.outcome]
+            if not owned:
+                continue
+            try:
+                async with self.metrics.store.time("renew"):
+                    results = await self.store.renew(
+                        [s.lease for s in owned], self.config.lease_ttl_ms
+                    )
+            except StoreUnavailable as exc:
+                self.metrics.renewals.labels("store_down").inc(len(owned))
+                self.store_trouble(exc)
+                continue
+            for one, ok in zip(owned, results, strict=True):
+                if ok:
+                    self.metrics.renewals.labels("ok").inc()
+                elif not one.outcome:
+                    log.warning("worker %s: lease of %s lost", self.id, one.session_id)
+                    self.metrics.renewals.labels("lost").inc()
+                    self.metrics.lost.inc()
+                    one.lose()
+
+    async def _inbox(self) -> None:
+        after = "$"
+        while True:
+            try:
+                found = await self.store.tasks(self.id, after, 1000)
+            except StoreUnavailable as exc:
+                self.store_trouble(exc)
+                await asyncio.sleep(0.1)
+                continue
+            for entry_id, raw in found:
+                after = entry_id
+                try:
+                    task = msgspec.msgpack.decode(raw, type=Task)
+                except msgspec.DecodeError:
+                    log.warning("worker %s: undecodable task dropped", self.id)
+                    continue
+                await self._do(task)
+
+    async def _do(self, task: Task) -> None:
+        if task.do == "take":
+            await self.take(task.session, task.why or "open")
+        elif task.do == "move":
+            owned = self.sessions.get(task.session)
+            if owned is not None:
+                await owned.hand_over(task.to, "move")
+        elif task.do == "drain":
+            self.drain()
+
+    def store_trouble(self, exc: StoreError) -> None:
+        """The store is away: report it (once a second at most); the calls go on."""
+        self.store_ok = False
+        now = time.monotonic()
+        if now - self._trouble_logged > 1.0:
+            self._trouble_logged = now
+            log.warning("worker %s: store unavailable (%s); calls go on, no failover", self.id, exc)
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    async def take(self, sid: str, why: str) -> None:
+        """Own ``sid`` (a new one, or one whose owner died or moved it here)."""
+        asked = time.perf_counter_ns()
+        if sid in self.sessions:
+            return
+        if self.draining or len(self.sessions) >= self.config.capacity:
+            await self._place_elsewhere(sid, why)
+            return
+        try:
+            record = await self.store.record(sid)
+            if record is None or record.state in ("ended", "refused"):
+                return
+            lease = await self.store.acquire(sid, self.id, self.config.lease_ttl_ms)
+            if lease is None:
+                return  # another worker has it (two placements raced; one wins)
+            raw = await self.store.load(sid)
+        except StoreUnavailable as exc:
+            self.store_trouble(exc)
+            return
+        checkpoint = msgspec.msgpack.decode(raw, type=Checkpoint) if raw else None
+        name = checkpoint.pipeline if checkpoint else record.pipeline
+        pipeline = self.pipelines.get(name)
+        if pipeline is None:
+            log.error("worker %s: no pipeline %r for session %s", self.id, name, sid)
+            await self.store.release(lease)
+            await self._place_elsewhere(sid, why)
+            return
+        owned = OwnedSession(self, lease, pipeline, checkpoint, why, asked)
+        self.sessions[sid] = owned
+        self.metrics.active.set(len(self.sessions))
+        assert self._group is not None
+        self._group.create_task(self._own(owned, record.pipeline))
+
+    def took(self, owned: OwnedSession, ms: float) -> None:
+        """``owned`` made its first output (the caller hears it again)."""
+        self.metrics.takeovers.labels(owned.why).inc()
+        self.metrics.takeover_ms.labels(owned.why).observe(ms)
+        log.info(
+            "worker %s: session %s taken (%s, token %d) in %.1f ms",
+            self.id,
+            owned.session_id,
+            owned.why,
+            owned.lease.token,
+            ms,
+        )
+
+    async def _own(self, owned: OwnedSession, pipeline: str) -> None:
+        sid = owned.session_id
+        try:
+            await owned.run()
+            if owned.outcome == "refused":
+                self.metrics.refused.inc()
+                await self.store.release(owned.lease)
+                await self._place_elsewhere(sid, "refused")
+            elif owned.outcome == "moved":
+                await self._hand_over(owned, pipeline)
+        except StoreUnavailable as exc:
+            self.store_trouble(exc)
+        except Exception:
+            log.exception("worker %s: session %s failed", self.id, sid)
+        finally:
+            if self.sessions.get(sid) is owned:
+                del self.sessions[sid]
+            self.metrics.active.set(len(self.sessions))
+
+    async def _hand_over(self, owned: OwnedSession, pipeline: str) -> None:
+        to = owned.handover_to
+        released = await self.store.release(owned.lease, to=to, hold_ms=self.config.handoff_hold_ms)
+        if not released:
+            return  # lost meanwhile: the new owner has it
+        self.metrics.migrations.labels(owned.handover_why).inc()
+        if to:
+            await self.store.tell(
+                to, msgspec.msgpack.encode(Task(do="take", session=owned.session_id, why="move"))
+            )
+        else:
+            await self.store.request(
+                msgspec.msgpack.encode(
+                    Request(
+                        session=owned.session_id, pipeline=pipeline, why="move", exclude=[self.id]
+                    )
+                )
+            )
+
+    async def _place_elsewhere(self, sid: str, why: str) -> None:
+        record = await self.store.record(sid)
+        if record is None:
+            return
+        await self.store.request(
+            msgspec.msgpack.encode(
+                Request(session=sid, pipeline=record.pipeline, why=why, exclude=[self.id])
+            )
+        )
+
+    # -- draining ---------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Stop taking sessions and hand every one over (a second call: at once)."""
+        if self.draining:
+            self._hurry = True
+            log.info("worker %s: drain again: handing every session over now", self.id)
+            return
+        self.draining = True
+        self.metrics.draining.set(1)
+        log.info(
+            "worker %s: draining %d sessions (deadline %.0f s)",
+            self.id,
+            len(self.sessions),
+            self.config.drain_deadline_s,
+        )
+        assert self._group is not None
+        self._group.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + self.config.drain_deadline_s
+        patient_until = time.monotonic() + self.config.drain_deadline_s / 2
+        with contextlib.suppress(StoreError):
+            await self.store.heartbeat(self.info())  # no more placements here, now
+        while self.sessions and time.monotonic() < deadline:
+            at_once = self._hurry or time.monotonic() >= patient_until
+            for owned in list(self.sessions.values()):
+                if owned.outcome:
+                    continue
+                if at_once or owned.port.session.turns.state.value == "listening":
+                    await owned.hand_over("", "drain")
+            await asyncio.sleep(0.02)
+        if self.sessions:
+            log.error(
+                "worker %s: drain deadline passed with %d sessions", self.id, len(self.sessions)
+            )
+        self.stop()
