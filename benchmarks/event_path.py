@@ -70,7 +70,6 @@ import resource
 import shlex
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -84,7 +83,7 @@ from rich.table import Table
 
 from stats import percentile  # benchmarks/ is on sys.path when a script runs
 
-ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = Path(__file__).resolve()
 REDIS_BIN = "/usr/bin/redis-server"
 NATS_URL = "nats://127.0.0.1:4222"
 FRAME_MS = 20
@@ -149,6 +148,12 @@ def find_pid(comm: str) -> int | None:
                 if (entry / "comm").read_text().strip() == comm:
                     found.append(int(entry.name))
     return found[0] if len(found) == 1 else None
+
+
+def command_line() -> str:
+    """How this run was started, the interpreter relative to the working folder if inside it."""
+    python = os.path.relpath(sys.executable)
+    return shlex.join([sys.executable if python.startswith("..") else python, *sys.argv])
 
 
 def free_port() -> int:
@@ -399,6 +404,8 @@ class Recorder:
         self.controls: list[int] = []
         self.burst_ctl: list[int] = []
         self.burst_first: list[int] = []
+        self.burst_from_start: list[int] = []
+        self.burst_start: dict[int, int] = {}  # trial -> sent ns of its first frame
         self.count = 0
         self.steady = 0
         self.cpu0: float | None = None
@@ -419,8 +426,11 @@ class Recorder:
         elif kind == BURST_AUDIO:
             if seq % BURST_STRIDE == 0:
                 self.burst_first.append(latency)
+                self.burst_start[seq // BURST_STRIDE] = sent
         elif kind == BURST_CTL:
             self.burst_ctl.append(latency)
+            if seq in self.burst_start:
+                self.burst_from_start.append(now - self.burst_start[seq])
         self.count += 1
         if self.steady == self.steady_total and self.cpu1 is None:
             self.cpu1 = cpu_s()
@@ -436,6 +446,7 @@ class Recorder:
             "controls_ns": self.controls,
             "burst_ctl_ns": self.burst_ctl,
             "burst_first_ns": self.burst_first,
+            "burst_from_start_ns": self.burst_from_start,
             "received": self.count,
             "expected": self.total,
             "cpu_us_per_msg": cpu,
@@ -554,37 +565,38 @@ async def consume(spec: Spec) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def redis_server() -> AsyncIterator[tuple[int, int]]:
+async def redis_server() -> AsyncIterator[tuple[int, int, str]]:
     """A private redis-server on a free port, no persistence; killed on the way out."""
     import redis.asyncio as aioredis
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="rspp-bench-redis-") as workdir:
-        proc = subprocess.Popen(
-            [REDIS_BIN, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", workdir, "--logfile", ""],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        argv = [REDIS_BIN, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--appendonly", "no", "--dir", workdir, "--logfile", ""]
+        proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL)
         try:
             client = aioredis.Redis(port=port)
             try:
                 for _ in range(100):
-                    with contextlib.suppress(OSError, aioredis.ConnectionError):
+                    with contextlib.suppress(OSError, RedisConnectionError):
                         await client.ping()
                         break
                     await asyncio.sleep(0.05)
                 else:
                     raise RuntimeError("redis-server did not answer")
+                version = str((await client.info("server"))["redis_version"])
             finally:
                 await client.aclose()
-            yield port, proc.pid
+            yield port, proc.pid, version
         finally:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 5)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
 
 
 async def nats_check(url: str) -> tuple[str | None, str]:
@@ -599,7 +611,8 @@ async def nats_check(url: str) -> tuple[str | None, str]:
         return f"no NATS server at {url}: {exc!r}", ""
     try:
         await nc.jetstream().account_info()
-        return None, str(nc.connected_server_version)
+        version = nc.connected_server_version
+        return None, f"{version.major}.{version.minor}.{version.patch}"
     except Exception as exc:
         return f"JetStream not available at {url}: {exc!r}", ""
     finally:
@@ -627,7 +640,7 @@ async def nats_stream(spec: Spec, storage: str) -> AsyncIterator[None]:
 
 async def run_pair(spec: Spec) -> tuple[dict[str, Any], dict[str, Any]]:
     """Consumer first (until subscribed), then the producer; both killed if still alive."""
-    cmd = [sys.executable, str(Path(__file__).resolve())]
+    cmd = [sys.executable, str(SCRIPT)]
     pipe = asyncio.subprocess.PIPE
     consumer = await asyncio.create_subprocess_exec(
         *cmd, "--role", "consumer", "--spec", json.dumps(spec), stdout=pipe
@@ -678,6 +691,7 @@ def summarize(prod: dict[str, Any], cons: dict[str, Any]) -> dict[str, Any]:
         "behind_audio_control_ms_p50": ms(burst, 0.5),
         "behind_audio_control_ms_p95": ms(burst, 0.95),
         "behind_audio_control_ms_max": ms(burst, 1.0),
+        "behind_audio_control_from_burst_ms_p50": ms(cons["burst_from_start_ns"], 0.5),
         "behind_audio_first_frame_ms_p50": ms(first, 0.5),
         "producer_cpu_us_per_msg": rnd(prod["cpu_us_per_msg"]),
         "consumer_cpu_us_per_msg": rnd(cons["cpu_us_per_msg"]),
@@ -690,37 +704,59 @@ def summarize(prod: dict[str, Any], cons: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def fmt(value: float | None, digits: int = 3) -> str:
+Columns = list[tuple[str, str]]
+FRAME_TABLE: tuple[str, Columns] = (
+    "per audio frame: one-way latency (ms), CPU (µs per steady message)",
+    [
+        ("p50", "frame_ms_p50"),
+        ("p95", "frame_ms_p95"),
+        ("p99", "frame_ms_p99"),
+        ("p50 added vs TCP", "added_frame_ms_p50"),
+        ("CPU producer", "producer_cpu_us_per_msg"),
+        ("CPU consumer", "consumer_cpu_us_per_msg"),
+        ("CPU server", "server_cpu_us_per_msg"),
+    ],
+)
+CONTROL_TABLE: tuple[str, Columns] = (
+    "per barge-in control: one-way latency (ms)",
+    [
+        ("audio flowing p50", "control_ms_p50"),
+        ("p95", "control_ms_p95"),
+        ("max", "control_ms_max"),
+        ("behind 50 frames p50", "behind_audio_control_ms_p50"),
+        ("p95", "behind_audio_control_ms_p95"),
+        ("max", "behind_audio_control_ms_max"),
+        ("from burst start p50", "behind_audio_control_from_burst_ms_p50"),
+    ],
+)
+
+
+def fmt(value: float | None, digits: int) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-COLUMNS: list[tuple[str, str]] = [
-    ("frame p50", "frame_ms_p50"),
-    ("frame p95", "frame_ms_p95"),
-    ("frame p99", "frame_ms_p99"),
-    ("+p50 vs TCP", "added_frame_ms_p50"),
-    ("control p50", "control_ms_p50"),
-    ("control p95", "control_ms_p95"),
-    ("control max", "control_ms_max"),
-    ("behind 50 frames p50", "behind_audio_control_ms_p50"),
-    ("behind p95", "behind_audio_control_ms_p95"),
-    ("behind max", "behind_audio_control_ms_max"),
-    ("CPU µs/msg producer", "producer_cpu_us_per_msg"),
-    ("consumer", "consumer_cpu_us_per_msg"),
-    ("server", "server_cpu_us_per_msg"),
-]
+def cells(row: dict[str, Any], columns: Columns) -> list[str]:
+    return [fmt(row.get(key), 1 if "cpu" in key else 3) for _, key in columns]
 
 
-def cells(row: dict[str, Any]) -> list[str]:
-    return [fmt(row.get(key), 1 if "cpu" in key else 3) for _, key in COLUMNS]
+def rich_table(results: dict[str, dict[str, Any]], spec: tuple[str, Columns]) -> Table:
+    title, columns = spec
+    table = Table(title=title)
+    table.add_column("engine")
+    for name, _ in columns:
+        table.add_column(name, justify="right")
+    for engine, row in results.items():
+        table.add_row(LABELS[engine], *cells(row, columns))
+    return table
 
 
-def markdown(results: dict[str, dict[str, Any]]) -> str:
-    """The same table for BENCHMARKS.md (latencies in ms, CPU in µs per steady message)."""
-    head = "| engine | " + " | ".join(name for name, _ in COLUMNS) + " |"
-    rule = "|---|" + "---:|" * len(COLUMNS)
-    rows = [f"| {LABELS[e]} | " + " | ".join(cells(r)) + " |" for e, r in results.items()]
-    return "\n".join([head, rule, *rows])
+def markdown(results: dict[str, dict[str, Any]], spec: tuple[str, Columns]) -> str:
+    """The same table for BENCHMARKS.md."""
+    title, columns = spec
+    head = "| engine | " + " | ".join(name for name, _ in columns) + " |"
+    rule = "|---|" + "---:|" * len(columns)
+    rows = [f"| {LABELS[e]} | " + " | ".join(cells(r, columns)) + " |" for e, r in results.items()]
+    return "\n".join([f"{title}:", "", head, rule, *rows])
 
 
 async def bench(args: argparse.Namespace) -> None:
@@ -750,10 +786,11 @@ async def bench(args: argparse.Namespace) -> None:
         "server_pid": None,
         "tcp_port": 0,
     }
+    load_start = os.getloadavg()[0]
     log(
         f"event path: {sessions} sessions x {seconds:g} s ({frames} frames each), {controls} "
         f"controls, {bursts} bursts of {BURST_FRAMES} frames + 1 control; machine "
-        f"{platform.platform()}, {os.cpu_count()} cores; load {os.getloadavg()[0]:.2f}"
+        f"{platform.platform()}, {os.cpu_count()} cores; load {load_start:.2f}"
     )
     results: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
@@ -769,9 +806,8 @@ async def bench(args: argparse.Namespace) -> None:
     async with contextlib.AsyncExitStack() as stack:
         redis_port, redis_pid = 0, None
         if any(e.startswith("redis") for e in engines):
-            redis_port, redis_pid = await stack.enter_async_context(redis_server())
-            out = subprocess.run([REDIS_BIN, "--version"], capture_output=True, text=True)
-            versions["redis-server"] = out.stdout.split()[2].removeprefix("v=")
+            redis_port, redis_pid, version = await stack.enter_async_context(redis_server())
+            versions["redis-server"] = version
             versions["redis-py"] = importlib.metadata.version("redis")
         for engine in engines:
             spec = {**base, "engine": engine, "prefix": f"b{tag}{engine.replace('-', '')}"}
@@ -798,25 +834,30 @@ async def bench(args: argparse.Namespace) -> None:
         for row in results.values():
             row["added_frame_ms_p50"] = round(row["frame_ms_p50"] - floor, 4)
 
-    table = Table(title="event path: one-way latency in ms, CPU in µs per steady message")
-    table.add_column("engine")
-    for name, _ in COLUMNS:
-        table.add_column(name, justify="right")
-    for engine, row in results.items():
-        table.add_row(LABELS[engine], *cells(row))
-    console = Console(width=200)
-    console.print(table)
+    ratios: dict[str, float] = {}
+    if "redis" in results and "nats-mem" in results:
+        for key in ("frame_ms_p50", "control_ms_p50", "behind_audio_control_ms_p50"):
+            ratios[key] = round(results["redis"][key] / results["nats-mem"][key], 3)
+
+    console = Console(width=160)
+    for spec_ in (FRAME_TABLE, CONTROL_TABLE):
+        console.print(rich_table(results, spec_))
     for engine, reason in skipped.items():
         console.print(f"skipped {engine}: {reason}")
     if args.markdown:
-        print(markdown(results))
+        print(markdown(results, FRAME_TABLE), markdown(results, CONTROL_TABLE), sep="\n\n")
     print(
         json.dumps(
             {
                 "bench": "event_path",
                 "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-                "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+                "command": command_line(),
+                "machine": {
+                    "platform": platform.platform(),
+                    "cpu_count": os.cpu_count(),
+                    "loadavg_1m_start": round(load_start, 2),
+                    "loadavg_1m_end": round(os.getloadavg()[0], 2),
+                },
                 "versions": versions,
                 "params": {
                     "sessions": sessions,
@@ -828,6 +869,7 @@ async def bench(args: argparse.Namespace) -> None:
                 },
                 "nats_consumer": NATS_CONSUMER,
                 "results": results,
+                "redis_over_nats_mem": ratios,
                 "skipped": skipped,
             }
         )

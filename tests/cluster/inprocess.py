@@ -77,7 +77,7 @@ async def cluster(
             tasks[name] = tg.create_task(worker.run(load=False))
         try:
             async with serving(app) as address:
-                while not await host.check():
+                while not await host.check():  # noqa: ASYNC110 (polls the store)
                     await asyncio.sleep(0.01)
                 yield Cluster(store, f"ws://{address}/v1/call", app, host, found, tasks)
         finally:

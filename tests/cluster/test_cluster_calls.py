@@ -13,8 +13,10 @@ from collections.abc import Awaitable, Callable
 
 from rspp.client import Call, Caller, Line
 from rspp.cluster import MemoryStore
+from rspp.cluster.dispatcher import request_move
 from rspp.demo import DemoLine
 from rspp.testing.audio import speech_like
+from rspp.transports.call.client import Played
 from rspp.transports.call.wire import AudioFormat
 
 from .inprocess import TOKEN, cluster
@@ -66,5 +68,92 @@ def test_a_call_through_the_cluster_is_answered() -> None:
             replies_heard_once(call, SCRIPT)
             owner = c.owner_of(call.session)
             assert owner.sessions[call.session].lease.token == 1
+
+    run(body)
+
+
+class Gaps:
+    """The longest silence inside each reply, as the client played it (ms)."""
+
+    def __init__(self, call: Call) -> None:
+        self._end: dict[int, float] = {}
+        self.longest: dict[int, float] = {}
+        self._rate = 2 * call.record.output.sample_rate
+        call.on(self._on)
+
+    def _on(self, notice: Any) -> None:
+        if not isinstance(notice, Played):
+            return
+        end = self._end.get(notice.turn)
+        if end is not None:
+            gap = (notice.at - end) * 1000
+            self.longest[notice.turn] = max(self.longest.get(notice.turn, 0.0), gap)
+        self._end[notice.turn] = notice.at + len(notice.pcm) / self._rate
+
+
+def test_a_session_moved_mid_reply_carries_on_from_what_was_heard() -> None:
+    async def body() -> None:
+        async with (
+            cluster(MemoryStore(), SCRIPT) as c,
+            Call.connect(c.url, token=TOKEN, input=FMT, output=FMT) as call,
+        ):
+            gaps = Gaps(call)
+            caller = asyncio.create_task(
+                Caller(call, [line(d, n) for n, d in enumerate(SCRIPT)]).play()
+            )
+            await mid_reply(call, 2)
+            source = c.owner_of(call.session)
+            target = next(name for name in c.workers if name != source.id)
+            assert await request_move(c.store, call.session, to=target) == source.id
+            await caller
+            replies_heard_once(call, SCRIPT)
+            owner = c.owner_of(call.session)
+            assert owner.id == target and owner.sessions[call.session].lease.token == 2
+            moved_turn = call.record.replies[1].turn
+            assert gaps.longest.get(moved_turn, 0.0) < 500.0  # a move is a short pause
+            assert owner.metrics.takeovers.labels("move")._value.get() == 1
+
+    run(body)
+
+
+def test_a_crashed_worker_s_call_is_taken_over_and_nothing_is_heard_twice() -> None:
+    async def body() -> None:
+        async with (
+            cluster(MemoryStore(), SCRIPT, workers=2) as c,
+            Call.connect(c.url, token=TOKEN, input=FMT, output=FMT) as call,
+        ):
+            caller = asyncio.create_task(
+                Caller(call, [line(d, n) for n, d in enumerate(SCRIPT)]).play()
+            )
+            await mid_reply(call, 2, heard_ms=700.0)  # well after the reply's checkpoint
+            dead = c.owner_of(call.session)
+            await c.crash(dead.id)
+            await caller
+            replies_heard_once(call, SCRIPT)
+            (survivor,) = [w for w in c.workers.values() if w.id != dead.id]
+            assert survivor.sessions[call.session].lease.token == 2
+            assert c.host.metrics.duplicates._value.get() > 0  # the new owner repeated some
+
+    run(body)
+
+
+def test_a_draining_worker_hands_its_calls_over_and_stops() -> None:
+    async def body() -> None:
+        async with (
+            cluster(MemoryStore(), SCRIPT, workers=2) as c,
+            Call.connect(c.url, token=TOKEN, input=FMT, output=FMT) as call,
+        ):
+            caller = asyncio.create_task(
+                Caller(call, [line(d, n) for n, d in enumerate(SCRIPT)]).play()
+            )
+            await mid_reply(call, 1, heard_ms=100.0)
+            draining = c.owner_of(call.session)
+            draining.drain()
+            await asyncio.wait_for(c.tasks[draining.id], 15.0)  # it exits once empty
+            await caller
+            replies_heard_once(call, SCRIPT)
+            (other,) = [w for w in c.workers.values() if w.id != draining.id]
+            assert call.session in other.sessions
+            assert draining.metrics.migrations.labels("drain")._value.get() == 1
 
     run(body)
