@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from rspp.client import Call, Caller, Line
 from rspp.cluster import MemoryStore
