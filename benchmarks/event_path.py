@@ -114,7 +114,6 @@ return redis.call('XADD', KEYS[2], '*', 'e', ARGV[2], 't', ARGV[3], 'k', ARGV[4]
 """
 
 Spec = dict[str, Any]
-OnMessage = Callable[[bytes, int, int, int], None]  # kind, seq, sent ns, received ns
 
 
 def log(msg: str) -> None:
@@ -498,8 +497,7 @@ async def consume_redis(spec: Spec, rec: Recorder, ready: Callable[[int], None])
         while not rec.done.is_set():  # XREAD BLOCK 1000: seen within a second
             reply = await client.xread({key: last}, count=200, block=1000)
             now = time.monotonic_ns()
-            streams = reply.items() if isinstance(reply, dict) else reply
-            for _key, entries in streams:
+            for _key, entries in reply:  # RESP2 (redis-py's default): [[key, entries]]
                 for entry_id, fields in entries:
                     last = entry_id
                     rec.on(fields[b"k"], int(fields[b"n"]), int(fields[b"t"]), now)
@@ -511,8 +509,10 @@ async def consume_redis(spec: Spec, rec: Recorder, ready: Callable[[int], None])
             ready(0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(rec.done.wait(), spec["timeout_s"])
-            # No cancel: redis-py 8.1 can lose a cancellation in XREAD and then wait for a
-            # reply forever; the readers see the flag when their XREAD BLOCK 1000 returns.
+            # No cancel: on Python 3.11 a reader cancelled right after a reply loses the
+            # cancel (redis-py 8 wraps each write in asyncio.wait_for, socket_timeout being 5 s
+            # by default, and 3.11's wait_for drops a cancel that races a finished write), so
+            # it would loop on. The readers see the flag when their XREAD BLOCK 1000 returns.
             rec.done.set()
     finally:
         await client.aclose()

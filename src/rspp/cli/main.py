@@ -10,6 +10,9 @@
 ``rspp serve-audio``     a local OpenAI-compatible audio server (Whisper, Piper)
 ``rspp serve [SPEC ...]``  calls over the network: the browser page, WebSocket, Twilio
 ``rspp call URL --input FILE.wav``  call a server as a caller (or ``--script demo``)
+``rspp cluster``         a local cluster: Redis, a gateway, dispatchers, workers
+``rspp gateway | worker | dispatcher``   one role of a cluster (``rspp.cli.cluster``)
+``rspp sessions move ID [--to W]``       move a live session to another worker
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from rich.status import Status
 from rich.table import Table
 
 from rspp.cli import call as call_cli
+from rspp.cli import cluster as cluster_cli
 from rspp.cli import serve as serve_cli
 from rspp.events import known_kinds
 from rspp.kernel import BuildError, build, load_spec
@@ -221,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     serve_audio.set_defaults(func=_serve_audio)
     serve_cli.add_parser(sub)
     call_cli.add_parser(sub)
+    cluster_cli.add_parsers(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -11,11 +11,19 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
+    from rspp.kernel import Pipeline
     from rspp.transports.metrics import ServerMetrics
     from rspp.transports.port import SessionHost
     from rspp.transports.server import ExtraRoutes
 
-__all__ = ["add_parser", "serve"]
+__all__ = [
+    "add_parser",
+    "add_pipeline_args",
+    "add_server_args",
+    "load_pipelines",
+    "run_server",
+    "serve",
+]
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,16 +31,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "serve",
         help="serve calls: the browser page, the WebSocket call protocol, Twilio media streams",
     )
-    parser.add_argument(
-        "specs", nargs="*", help="pipeline specs to offer (default: the embedded local agent)"
-    )
-    parser.add_argument("--fake", action="store_true", help="the test kit's fake models instead")
+    add_pipeline_args(parser)
+    parser.add_argument("--max-calls", type=int, default=100, help="concurrent calls at most")
+    add_server_args(parser)
+    parser.set_defaults(func=serve)
+
+
+def add_server_args(parser: argparse.ArgumentParser) -> None:
+    """What a call server (``rspp serve``, ``rspp gateway``) listens on and lets in."""
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
-    parser.add_argument(
-        "--lead-ms", type=float, default=60.0, help="bot audio sent ahead of real time"
-    )
-    parser.add_argument("--max-calls", type=int, default=100, help="concurrent calls at most")
     parser.add_argument(
         "--resume-window", type=float, default=30.0, help="seconds a dropped call waits"
     )
@@ -45,18 +53,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument(
         "--public-url", help="the URL callers reach this server by (for Twilio's TwiML)"
     )
-    parser.set_defaults(func=serve)
 
 
-def serve(args: argparse.Namespace) -> int:
-    import uvicorn
+def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
+    """The pipelines a server (or a cluster's gateway and workers) offers."""
+    parser.add_argument(
+        "specs", nargs="*", help="pipeline specs to offer (default: the embedded local agent)"
+    )
+    parser.add_argument("--fake", action="store_true", help="the test kit's fake models instead")
+    parser.add_argument(
+        "--lead-ms", type=float, default=60.0, help="bot audio sent ahead of real time"
+    )
 
-    from rspp.kernel import BuildError, Pipeline, build, load_spec
-    from rspp.transports.auth import Auth
-    from rspp.transports.call.endpoint import EndpointConfig
-    from rspp.transports.direct import uvicorn_options
-    from rspp.transports.port import LocalHost
-    from rspp.transports.server import ServerConfig, create_app, with_lead
+
+def load_pipelines(args: argparse.Namespace, command: str) -> dict[str, Pipeline] | None:
+    """The pipelines ``add_pipeline_args`` asked for, built (None: the error is printed)."""
+    from rspp.kernel import BuildError, build, load_spec
+    from rspp.transports.server import with_lead
 
     pipelines: dict[str, Pipeline] = {}
     try:
@@ -72,8 +85,32 @@ def serve(args: argparse.Namespace) -> int:
             pipeline = build(with_lead(load_spec(Path(path)), args.lead_ms))
             pipelines[pipeline.name] = pipeline
     except (BuildError, OSError) as exc:
-        print(f"rspp serve: {exc}", file=sys.stderr)
+        print(f"rspp {command}: {exc}", file=sys.stderr)
+        return None
+    return pipelines
+
+
+def serve(args: argparse.Namespace) -> int:
+    from rspp.transports.port import LocalHost
+
+    pipelines = load_pipelines(args, "serve")
+    if pipelines is None:
         return 2
+    host = LocalHost(pipelines, max_sessions=args.max_calls)
+    print(f"pipelines: {', '.join(pipelines)} (the first is the default)", flush=True)
+    run_server(args, host)
+    return 0
+
+
+def run_server(args: argparse.Namespace, host: SessionHost) -> None:
+    """Serve calls through ``host`` as ``add_server_args`` says, until stopped."""
+    import uvicorn
+
+    from rspp.transports.auth import Auth
+    from rspp.transports.call.endpoint import EndpointConfig
+    from rspp.transports.direct import uvicorn_options
+    from rspp.transports.server import ServerConfig, create_app
+
     auth = Auth.from_env()
     origins = args.allowed_origin or [
         o for o in os.environ.get("RSPP_ALLOWED_ORIGINS", "").split(",") if o
@@ -84,14 +121,11 @@ def serve(args: argparse.Namespace) -> int:
         freeze_gc=True,
         extra_routes=_twilio_routes(args.public_url),
     )
-    host = LocalHost(pipelines, max_sessions=args.max_calls)
     app = create_app(host, auth=auth, config=config, status=lambda s: print(s, flush=True))
     token = auth.static_token or auth.issue(24 * 3600)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    print(f"pipelines: {', '.join(pipelines)} (the first is the default)", flush=True)
     print(f"open http://{shown}:{args.port}/?token={token}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", **uvicorn_options())
-    return 0
 
 
 def _twilio_routes(public_url: str | None) -> ExtraRoutes | None:

@@ -1,0 +1,442 @@
+"""The cluster's commands: ``rspp gateway | worker | dispatcher | cluster | sessions``.
+
+``rspp worker``      run sessions (``--capacity``), owned by lease; SIGTERM drains
+``rspp dispatcher``  place sessions on workers, replace dead ones; an admin endpoint
+``rspp gateway``     the call server (browser page, WebSocket, Twilio) in front of workers
+``rspp cluster``     all of them on this machine, with a private Redis unless given one
+``rspp sessions move ID [--to W]``   hand a live session over to another worker
+
+Every role finds the store at ``--redis`` (default ``RSPP_REDIS_URL``, then
+``redis://127.0.0.1:6379/0``); a password and ACL user come from
+``RSPP_REDIS_PASSWORD`` / ``RSPP_REDIS_USERNAME`` (or the URL; ``rediss://``
+for TLS) and are never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from rspp.cli.serve import add_pipeline_args, add_server_args, load_pipelines, run_server
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from rspp.cluster.redis_store import RedisStore
+
+__all__ = ["add_parsers"]
+
+log = logging.getLogger("rspp.cluster")
+
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    worker = sub.add_parser("worker", help="run sessions for a cluster (SIGTERM drains)")
+    add_pipeline_args(worker)
+    _store_arg(worker)
+    worker.add_argument("--id", help="this worker's name (default: host-pid-random)")
+    worker.add_argument("--capacity", type=int, default=50, help="sessions at most")
+    worker.add_argument("--lease-ttl-ms", type=int, default=600, help="a lease's time to live")
+    worker.add_argument(
+        "--drain-deadline",
+        type=float,
+        default=float(os.environ.get("RSPP_DRAIN_DEADLINE_S", "25")),
+        help="seconds a drain may take (the pod's grace period less a margin)",
+    )
+    worker.add_argument("--http-port", type=int, default=0, help="health and metrics (0: none)")
+    worker.set_defaults(func=_worker)
+
+    dispatcher = sub.add_parser("dispatcher", help="place a cluster's sessions on its workers")
+    _store_arg(dispatcher)
+    dispatcher.add_argument("--id", help="this dispatcher's name")
+    dispatcher.add_argument(
+        "--lease-ttl-ms", type=int, default=600, help="the workers' lease time to live"
+    )
+    dispatcher.add_argument(
+        "--admin-port", type=int, default=0, help="admin HTTP endpoint and metrics (0: none)"
+    )
+    dispatcher.set_defaults(func=_dispatcher)
+
+    gateway = sub.add_parser("gateway", help="serve calls in front of a cluster's workers")
+    add_pipeline_args(gateway)
+    _store_arg(gateway)
+    add_server_args(gateway)
+    gateway.set_defaults(func=_gateway)
+
+    cluster = sub.add_parser(
+        "cluster", help="a local cluster: Redis, gateway, dispatchers, workers"
+    )
+    add_pipeline_args(cluster)
+    cluster.add_argument("--redis", help="a Redis to use (default: start a private one)")
+    cluster.add_argument("--workers", type=int, default=3, help="worker processes")
+    cluster.add_argument("--dispatchers", type=int, default=2, help="dispatcher processes")
+    cluster.add_argument("--capacity", type=int, default=50, help="sessions per worker")
+    cluster.add_argument("--host", default="127.0.0.1", help="the gateway's address")
+    cluster.add_argument("--port", type=int, default=8000, help="the gateway's port")
+    cluster.set_defaults(func=_cluster)
+
+    sessions = sub.add_parser("sessions", help="a cluster's live sessions")
+    actions = sessions.add_subparsers(dest="action", required=True)
+    move = actions.add_parser("move", help="hand a live session over to another worker")
+    move.add_argument("session")
+    move.add_argument("--to", default="", help="the worker to move it to (default: any)")
+    _store_arg(move)
+    move.add_argument(
+        "--dispatcher", help="a dispatcher's admin URL instead of the store (RSPP_ADMIN_TOKEN)"
+    )
+    move.set_defaults(func=_move)
+    workers = actions.add_parser("workers", help="the live workers and their load")
+    _store_arg(workers)
+    workers.set_defaults(func=_workers)
+
+
+def _store_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis",
+        default=os.environ.get("RSPP_REDIS_URL", DEFAULT_REDIS),
+        help="the store (default: RSPP_REDIS_URL or redis://127.0.0.1:6379/0)",
+    )
+    parser.add_argument("--log-level", default="info", help="logging level")
+
+
+def _logging(args: argparse.Namespace, role: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format=f"%(asctime)s %(levelname)s {role} %(name)s: %(message)s",
+    )
+
+
+def _store(url: str) -> RedisStore:
+    from rspp.cluster.redis_store import RedisStore
+
+    return RedisStore(url)
+
+
+# -- rspp worker ------------------------------------------------------------------------------
+
+
+def _worker(args: argparse.Namespace) -> int:
+    _logging(args, "worker")
+    pipelines = load_pipelines(args, "worker")
+    if pipelines is None:
+        return 2
+    from rspp.cluster.worker import Worker, WorkerConfig
+
+    config = WorkerConfig(
+        capacity=args.capacity,
+        lease_ttl_ms=args.lease_ttl_ms,
+        renew_every_ms=max(50, args.lease_ttl_ms // 4),
+        drain_deadline_s=args.drain_deadline,
+    )
+    if args.id:
+        config.id = args.id
+
+    async def main() -> None:
+        store = _store(args.redis)
+        worker = Worker(store, pipelines, config)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, worker.drain)
+        loop.add_signal_handler(signal.SIGINT, worker.drain)
+        log.info("worker %s: store %s, pipelines %s", worker.id, store.url, ", ".join(pipelines))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                http = None
+                if args.http_port:
+                    http = tg.create_task(_http(_worker_app(worker), args.http_port))
+                await worker.run()
+                if http is not None:
+                    http.cancel()
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def _worker_app(worker: Any) -> Starlette:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response
+    from starlette.routing import Route
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok")  # alive: a busy worker is not a dead one
+
+    async def readyz(request: Request) -> Response:
+        if worker.ready and worker.store_ok and not worker.draining:
+            return PlainTextResponse("ready")
+        why = "draining" if worker.draining else "loading" if not worker.ready else "no store"
+        return PlainTextResponse(why, status_code=503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(worker.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return Starlette(
+        routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)]
+    )
+
+
+async def _http(app: Starlette, port: int, host: str = "0.0.0.0") -> None:
+    """Serve ``app`` in this loop, leaving the process's signals to the role."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield  # SIGTERM is the worker's: it drains
+
+    server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    try:
+        await server.serve()
+    finally:
+        server.should_exit = True
+
+
+# -- rspp dispatcher --------------------------------------------------------------------------
+
+
+def _dispatcher(args: argparse.Namespace) -> int:
+    _logging(args, "dispatcher")
+    from rspp.cluster.dispatcher import Dispatcher, DispatcherConfig
+
+    config = DispatcherConfig(
+        lease_ttl_ms=args.lease_ttl_ms, renew_every_ms=max(50, args.lease_ttl_ms // 4)
+    )
+    if args.id:
+        config.id = args.id
+
+    async def main() -> None:
+        store = _store(args.redis)
+        dispatcher = Dispatcher(store, config)
+        log.info("dispatcher %s: store %s", dispatcher.id, store.url)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(dispatcher.run())]
+                if args.admin_port:
+                    tasks.append(tg.create_task(_http(_admin_app(dispatcher), args.admin_port)))
+                await stop.wait()
+                for task in tasks:
+                    task.cancel()
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def _admin_app(dispatcher: Any) -> Starlette:
+    """The dispatcher's admin endpoint: ``Authorization: Bearer RSPP_ADMIN_TOKEN``."""
+    import hmac
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
+    from starlette.routing import Route
+
+    from rspp.cluster.dispatcher import MoveRefused, request_move
+
+    admin_token = os.environ.get("RSPP_ADMIN_TOKEN", "")
+
+    def allowed(request: Request) -> bool:
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        return bool(admin_token) and hmac.compare_digest(given, admin_token)
+
+    async def move(request: Request) -> Response:
+        if not allowed(request):
+            return JSONResponse({"error": "a valid RSPP_ADMIN_TOKEN is needed"}, status_code=401)
+        sid = request.path_params["session"]
+        to = request.query_params.get("to", "")
+        try:
+            owner = await request_move(dispatcher.store, sid, to)
+        except MoveRefused as exc:
+            return JSONResponse({"error": str(exc)}, status_code=409)
+        return JSONResponse({"session": sid, "from": owner, "to": to or "any"}, status_code=202)
+
+    async def workers(request: Request) -> Response:
+        if not allowed(request):
+            return JSONResponse({"error": "a valid RSPP_ADMIN_TOKEN is needed"}, status_code=401)
+        import msgspec
+
+        found = await dispatcher.workers(fresh=True)
+        return JSONResponse([msgspec.structs.asdict(w) for w in found])
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def metrics(request: Request) -> Response:
+        return Response(dispatcher.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return Starlette(
+        routes=[
+            Route("/v1/sessions/{session}/move", move, methods=["POST"]),
+            Route("/v1/workers", workers),
+            Route("/healthz", healthz),
+            Route("/metrics", metrics),
+        ]
+    )
+
+
+# -- rspp gateway -----------------------------------------------------------------------------
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    _logging(args, "gateway")
+    pipelines = load_pipelines(args, "gateway")
+    if pipelines is None:
+        return 2
+    from rspp.cluster.gateway import ClusterHost
+
+    host = ClusterHost(_store(args.redis), {name: p.spec for name, p in pipelines.items()})
+    print(f"gateway: pipelines {', '.join(pipelines)}", flush=True)
+    run_server(args, host)
+    return 0
+
+
+# -- rspp sessions ----------------------------------------------------------------------------
+
+
+def _move(args: argparse.Namespace) -> int:
+    if args.dispatcher:
+        import httpx
+
+        response = httpx.post(
+            f"{args.dispatcher.rstrip('/')}/v1/sessions/{args.session}/move",
+            params={"to": args.to} if args.to else {},
+            headers={"Authorization": f"Bearer {os.environ.get('RSPP_ADMIN_TOKEN', '')}"},
+        )
+        print(response.text)
+        return 0 if response.status_code == 202 else 1
+    from rspp.cluster.dispatcher import MoveRefused, request_move
+
+    async def main() -> int:
+        store = _store(args.redis)
+        try:
+            owner = await request_move(store, args.session, args.to)
+        except MoveRefused as exc:
+            print(f"rspp sessions move: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await store.close()
+        print(f"asked {owner} to hand {args.session} over to {args.to or 'any worker'}")
+        return 0
+
+    return asyncio.run(main())
+
+
+def _workers(args: argparse.Namespace) -> int:
+    async def main() -> None:
+        store = _store(args.redis)
+        try:
+            for w in sorted(await store.workers(2000), key=lambda w: w.id):
+                state = " draining" if w.draining else ""
+                print(f"{w.id}  {w.active}/{w.capacity} sessions  cpu {w.cpu:.2f}{state}")
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+    return 0
+
+
+# -- rspp cluster -----------------------------------------------------------------------------
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    """Start Redis (unless given), the dispatchers, the workers and a gateway; wait."""
+    from rspp.cluster.redis_server import RedisServer
+
+    redis_server = None
+    url = args.redis
+    if not url:
+        redis_server = RedisServer().start()
+        url = redis_server.url
+    env = dict(os.environ)
+    env.setdefault("RSPP_TOKEN", secrets.token_urlsafe(12))
+    env.setdefault("RSPP_TOKEN_SECRET", secrets.token_hex(32))  # every gateway checks tokens
+    pipeline_args = [
+        *args.specs,
+        *(["--fake"] if args.fake else []),
+        "--lead-ms",
+        str(args.lead_ms),
+    ]
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(*argv: str) -> None:
+        procs.append(subprocess.Popen([sys.executable, "-m", "rspp.cli.main", *argv], env=env))
+
+    try:
+        for n in range(args.dispatchers):
+            spawn("dispatcher", "--redis", url, "--id", f"dispatcher-{n + 1}")
+        for n in range(args.workers):
+            spawn(
+                "worker",
+                *pipeline_args,
+                "--redis",
+                url,
+                "--id",
+                f"worker-{n + 1}",
+                "--capacity",
+                str(args.capacity),
+            )
+        spawn(
+            "gateway", *pipeline_args, "--redis", url, "--host", args.host, "--port", str(args.port)
+        )
+        shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        print(
+            f"rspp cluster: redis {'(private) ' if redis_server else ''}{_safe(url)}, "
+            f"{args.dispatchers} dispatchers, {args.workers} workers",
+            flush=True,
+        )
+        print(f"open http://{shown}:{args.port}/?token={env['RSPP_TOKEN']}", flush=True)
+        _wait(procs)
+    finally:
+        _stop_all(procs)
+        if redis_server is not None:
+            redis_server.stop()
+    return 0
+
+
+def _safe(url: str) -> str:
+    from rspp.cluster.redis_store import safe_url
+
+    return safe_url(url)
+
+
+def _wait(procs: list[subprocess.Popen[bytes]]) -> None:
+    stop = False
+
+    def stopping(*_: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, stopping)
+    with contextlib.suppress(KeyboardInterrupt):
+        while not stop and all(p.poll() is None for p in procs):
+            time.sleep(0.2)
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]], grace_s: float = 30.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(max(0.1, deadline - time.monotonic()))
+        if p.poll() is None:
+            p.kill()
+            p.wait()
