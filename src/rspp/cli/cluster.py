@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -357,63 +356,33 @@ def _workers(args: argparse.Namespace) -> int:
 
 def _cluster(args: argparse.Namespace) -> int:
     """Start Redis (unless given), the dispatchers, the workers and a gateway; wait."""
-    from rspp.cluster.redis_server import RedisServer
-
-    redis_server = None
-    url = args.redis
-    if not url:
-        redis_server = RedisServer().start()
-        url = redis_server.url
-    env = dict(os.environ)
-    env.setdefault("RSPP_TOKEN", secrets.token_urlsafe(12))
-    env.setdefault("RSPP_TOKEN_SECRET", secrets.token_hex(32))  # every gateway checks tokens
-    pipeline_args = [
-        *args.specs,
-        *(["--fake"] if args.fake else []),
-        "--lead-ms",
-        str(args.lead_ms),
-    ]
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def spawn(*argv: str) -> None:
-        procs.append(subprocess.Popen([sys.executable, "-m", "rspp.cli.main", *argv], env=env))
-
-    try:
-        for n in range(args.dispatchers):
-            spawn("dispatcher", "--redis", url, "--id", f"dispatcher-{n + 1}")
-        for n in range(args.workers):
-            spawn(
-                "worker",
-                *pipeline_args,
-                "--redis",
-                url,
-                "--id",
-                f"worker-{n + 1}",
-                "--capacity",
-                str(args.capacity),
-            )
-        spawn(
-            "gateway", *pipeline_args, "--redis", url, "--host", args.host, "--port", str(args.port)
-        )
-        shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-        print(
-            f"rspp cluster: redis {'(private) ' if redis_server else ''}{_safe(url)}, "
-            f"{args.dispatchers} dispatchers, {args.workers} workers",
-            flush=True,
-        )
-        print(f"open http://{shown}:{args.port}/?token={env['RSPP_TOKEN']}", flush=True)
-        _wait(procs)
-    finally:
-        _stop_all(procs)
-        if redis_server is not None:
-            redis_server.stop()
-    return 0
-
-
-def _safe(url: str) -> str:
+    from rspp.cluster.local import ProcessCluster
     from rspp.cluster.redis_store import safe_url
 
-    return safe_url(url)
+    fake = ["--fake"] if args.fake else []
+    cluster = ProcessCluster(
+        [*args.specs, *fake, "--lead-ms", str(args.lead_ms)], redis_url=args.redis
+    )
+    with cluster:
+        for n in range(args.dispatchers):
+            cluster.dispatcher(f"dispatcher-{n + 1}")
+        workers = [f"worker-{n + 1}" for n in range(args.workers)]
+        for name in workers:
+            cluster.worker(name, capacity=args.capacity)
+        cluster.gateway("gateway", port=args.port, host=args.host)
+        shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        print(
+            f"rspp cluster: redis {'(private) ' if cluster.redis else ''}"
+            f"{safe_url(cluster.redis_url)}, {args.dispatchers} dispatchers,"
+            f" {args.workers} workers; logs in {cluster.log_dir}",
+            flush=True,
+        )
+        print("loading the models...", flush=True)
+        cluster.wait_ready(*workers, "gateway", timeout_s=600)
+        print(f"open http://{shown}:{args.port}/?token={cluster.token}", flush=True)
+        print(f"admin: RSPP_ADMIN_TOKEN={cluster.env['RSPP_ADMIN_TOKEN']}", flush=True)
+        _wait(list(cluster.procs.values()))
+    return 0
 
 
 def _wait(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -427,16 +396,3 @@ def _wait(procs: list[subprocess.Popen[bytes]]) -> None:
     with contextlib.suppress(KeyboardInterrupt):
         while not stop and all(p.poll() is None for p in procs):
             time.sleep(0.2)
-
-
-def _stop_all(procs: list[subprocess.Popen[bytes]], grace_s: float = 30.0) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    for p in procs:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            p.wait(max(0.1, deadline - time.monotonic()))
-        if p.poll() is None:
-            p.kill()
-            p.wait()

@@ -23,9 +23,9 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypedDict, Unpack
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -66,6 +66,20 @@ class Disconnected:
 
 
 Notice = Happening | Disconnected
+
+
+class CallOptions(TypedDict, total=False):
+    """The keywords of :class:`Call` (and of :meth:`Call.connect`)."""
+
+    token: str
+    input: AudioFormat | None
+    output: AudioFormat | None
+    pipeline: str
+    report_every_ms: float
+    open_timeout_s: float
+    reconnect_attempts: int
+    reconnect_backoff_s: float
+    fallback_urls: Sequence[str]
 
 
 def call_url(url: str, token: str = "") -> tuple[str, str]:
@@ -112,8 +126,11 @@ class Call:
         open_timeout_s: float = 10.0,
         reconnect_attempts: int = 0,
         reconnect_backoff_s: float = 0.25,
+        fallback_urls: Sequence[str] = (),
     ) -> None:
         self.url, self.token = call_url(url, token)
+        #: Where to reconnect, in turn, when the server is gone (a cluster's other gateways).
+        self.urls = [self.url, *(call_url(u, self.token)[0] for u in fallback_urls)]
         #: Reconnect by itself this many times after a lost connection (0: never).
         self.reconnect_attempts = reconnect_attempts
         self.reconnect_backoff_s = reconnect_backoff_s
@@ -146,31 +163,12 @@ class Call:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def connect(
-        cls,
-        url: str,
-        *,
-        token: str = "",
-        input: AudioFormat | None = None,
-        output: AudioFormat | None = None,
-        pipeline: str = "",
-        report_every_ms: float = 100.0,
-        open_timeout_s: float = 10.0,
-        reconnect_attempts: int = 0,
-        reconnect_backoff_s: float = 0.25,
-    ) -> AsyncIterator[Call]:
-        """Open a call (raises :class:`CallRefused`); say ``call.bye`` when the block ends."""
-        call = cls(
-            url,
-            token=token,
-            input=input,
-            output=output,
-            pipeline=pipeline,
-            report_every_ms=report_every_ms,
-            open_timeout_s=open_timeout_s,
-            reconnect_attempts=reconnect_attempts,
-            reconnect_backoff_s=reconnect_backoff_s,
-        )
+    async def connect(cls, url: str, **options: Unpack[CallOptions]) -> AsyncIterator[Call]:
+        """Open a call (raises :class:`CallRefused`); say ``call.bye`` when the block ends.
+
+        ``options`` are the constructor's keywords.
+        """
+        call = cls(url, **options)
         mine: BaseException | None = None  # raised here or in the block, not by a task
         try:
             async with asyncio.TaskGroup() as group:
@@ -365,6 +363,11 @@ class Call:
                 log.info("reconnect %d of %d failed: %s", attempt, self.reconnect_attempts, exc)
                 if exc.code in FINAL_CODES:
                     break
+                if exc.code is None and len(self.urls) > 1:
+                    # Nobody there: try the next gateway, at once the first time round.
+                    self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
+                    if attempt < len(self.urls):
+                        continue
                 delay = min(delay * 2, 5.0)
                 continue
             self.reconnects += 1

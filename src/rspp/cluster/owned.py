@@ -128,10 +128,12 @@ class OwnedSession:
                 if self.outcome == "lost":
                     writer.cancel()
                 else:
-                    self._wake.set()  # flush what is left (and the hand-over checkpoint)
+                    # The writer flushes what is left (and the hand-over checkpoint), then ends.
+                    self._wake.set()
                     moving = self.outcome == "moved"
                     await self._idle(self.worker.config.drain_deadline_s if moving else 5.0)
-                    writer.cancel()
+                    if not writer.done():
+                        writer.cancel()
         finally:
             self._quiet = True
             if session.running:
@@ -235,6 +237,8 @@ class OwnedSession:
         backoff = 0.05
         while True:
             self._flushed.set()
+            if self._done.is_set():
+                return  # everything before the end is written
             await self._wake.wait()
             self._wake.clear()
             while self._outbox or self._checkpoint is not None:

@@ -18,6 +18,7 @@ and the ACL user from ``RSPP_REDIS_USERNAME``; neither is ever logged
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -223,12 +224,22 @@ class RedisStore:
         self._group_ready = False
 
     async def _call(self, what: Callable[[], Awaitable[T]]) -> T:
+        # redis-py (with a socket timeout) wraps its reads in ``asyncio.wait_for``, which on
+        # Python 3.11 can swallow a cancellation that arrives as the reply does, or turn it
+        # into a connection error. Either way the task was cancelled, and its owner (a task
+        # group) waits for it to end: the cancellation is re-raised here.
+        task = asyncio.current_task()
         try:
-            return await what()
+            result = await what()
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from exc
             raise StoreUnavailable(f"redis at {self.url}: {exc}") from exc
         except ResponseError as exc:
             raise StoreError(f"redis at {self.url}: {exc}") from exc
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
+        return result
 
     async def now_ms(self) -> int:
         secs, micros = await self._call(self.redis.time)

@@ -463,6 +463,9 @@ class CallClient:
         self.last_pos: tuple[int, int] | None = None
         #: Positioned frames dropped as already received (resends after a resume).
         self.duplicates = 0
+        #: Of those, the ones from an older incarnation than one already received (output of
+        #: an owner that was replaced: a cluster's gateway should never let one through).
+        self.stale = 0
         #: Client audio dropped because no connection was open.
         self.dropped_audio_bytes = 0
         self._outbox: list[str | bytes] = []
@@ -610,6 +613,8 @@ class CallClient:
     def _new(self, inc: int, pos: int) -> bool:
         if self.last_pos is not None and (inc, pos) <= self.last_pos:
             self.duplicates += 1
+            if inc < self.last_pos[0]:
+                self.stale += 1
             return False
         self.last_pos = (inc, pos)
         return True
