@@ -278,3 +278,65 @@ def test_heard_means_played_when_the_client_reports_playback() -> None:
             assert message.text == played.strip()
 
     VirtualClock().run(main())
+
+
+# -- a hot swap: another pipeline at a turn boundary --------------------------------------
+
+
+def _between_turns() -> SessionSnapshot:
+    sink = RecordingSink()
+
+    async def main() -> SessionSnapshot:
+        async with pipeline_for().session("call", sinks={"client": sink}) as session:
+            session.push(TurnCommit(text="tell me"))
+            await sink.wait_for(lambda: bool(sink.of_kind("turn.done")))
+            await asyncio.sleep(0.2)
+            assert session.turns.state.value == "listening"
+            return session.snapshot()
+
+    return wire(VirtualClock(start=1000.0).run(main()))
+
+
+def test_a_session_swapped_to_another_pipeline_keeps_its_conversation_and_numbers() -> None:
+    snap = _between_turns()
+    upgraded = barge_in_pipeline(  # another LLM config, another voice, an extra node
+        llm={"replies": [REPLY, "Upgraded second reply."], "ttft_ms": 20, "tokens_per_s": 50},
+        tts={"ttfa_ms": 10, "rtf": 0.1, "chunk_ms": 40},
+        output={"lead_ms": 40},
+        relay_ms=5.0,
+    )
+    sink = RecordingSink()
+
+    async def main() -> Any:
+        async with upgraded.session(
+            sinks={"client": sink}, snapshot=snap, swap=True
+        ) as session:
+            session.push(TurnCommit(text="and now?"))
+            await sink.wait_for(lambda: bool(sink.of_kind("turn.done")))
+            return session
+
+    session = VirtualClock(start=9000.0).run(main())
+    history = [(m.role, m.text) for m in session.conversation.history()]
+    assert history[:2] == [("user", "tell me"), ("assistant", REPLY)]
+    assert history[2:] == [("user", "and now?"), ("assistant", "Upgraded second reply.")]
+    (done,) = sink.of_kind("turn.done")
+    assert done.turn == snap.turns.fence + 1 == 2  # the turn counter went on
+    assert {ev.inc for ev in sink.events} == {snap.incarnation + 1}
+    assert sink.events[0].pos == snap.pos + 1
+
+
+def test_a_swap_mid_reply_is_refused_and_a_plain_restore_of_another_pipeline_too() -> None:
+    mid, _ = first_part(pipeline_for(), until_frames=5)
+    other = barge_in_pipeline(llm={"replies": ["x"]}, relay_ms=1.0)
+
+    def start(**kwargs: Any) -> None:
+        async def main() -> None:
+            async with other.session(sinks={"client": RecordingSink()}, snapshot=mid, **kwargs):
+                pass
+
+        VirtualClock(start=10.0).run(main())
+
+    with pytest.raises(SnapshotError, match="turn boundary"):
+        start(swap=True)
+    with pytest.raises(SnapshotError, match="not in the snapshot"):
+        start()

@@ -67,8 +67,10 @@ class Session:
     ``snapshot`` restores a session taken elsewhere (see :mod:`rspp.kernel.snapshot`);
     ``incarnation`` numbers this run of it (default: the snapshot's plus one, or 1);
     ``resume_at_ns`` is the session time it resumes at (default: the snapshot's plus
-    the wall-clock time since it was taken). ``close_timeout_s`` bounds how long
-    closing waits for a node that ignores cancellation.
+    the wall-clock time since it was taken); ``swap`` restores a snapshot of another
+    pipeline at a turn boundary (:func:`~rspp.kernel.snapshot.restore`).
+    ``close_timeout_s`` bounds how long closing waits for a node that ignores
+    cancellation.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class Session:
         snapshot: SessionSnapshot | None = None,
         incarnation: int | None = None,
         resume_at_ns: int | None = None,
+        swap: bool = False,
         close_timeout_s: float = 2.0,
     ) -> None:
         self.pipeline = pipeline
@@ -117,6 +120,7 @@ class Session:
         self._snapshot = snapshot
         self._incarnation = incarnation
         self._resume_at_ns = resume_at_ns
+        self._swap = swap
         missing = [
             f"node {plan.name!r} sends to sink {plan.sink!r}, but the session has no such sink"
             for plan in pipeline.nodes
@@ -168,6 +172,7 @@ class Session:
                 self._snapshot,
                 incarnation=self._incarnation,
                 resume_at_ns=self._resume_at_ns,
+                swap=self._swap,
             )
         self.state = "running"
         self.owner.start(loop)

@@ -174,16 +174,24 @@ class _Plan:
     states: dict[str, msgspec.Struct | None]
     pending: dict[str, list[Event]]
     in_flight: dict[str, Event]
+    #: Events queued at nodes a swap removed (counted as dropped).
+    swapped_out: dict[str, int]
 
 
-def _check(session: Session, snap: SessionSnapshot) -> _Plan:
+def _check(session: Session, snap: SessionSnapshot, swap: bool) -> _Plan:
     problems: list[str] = []
     pipeline = session.pipeline
     if snap.format != SNAPSHOT_FORMAT:
         problems.append(f"snapshot format {snap.format}, this runtime reads {SNAPSHOT_FORMAT}")
     if snap.abi.split(".")[0] != ABI_VERSION.split(".")[0]:
         problems.append(f"snapshot of ABI {snap.abi}, this runtime speaks {ABI_VERSION}")
-    if snap.pipeline != pipeline.name:
+    if swap:
+        if snap.turns.state != "listening" or snap.in_flight:
+            problems.append(
+                "a pipeline swap needs a turn boundary (no reply in progress), "
+                f"the snapshot is {snap.turns.state}"
+            )
+    elif snap.pipeline != pipeline.name:
         problems.append(f"snapshot of pipeline {snap.pipeline!r}, not {pipeline.name!r}")
     elif snap.pipeline_version != pipeline.spec.version:
         problems.append(
@@ -201,36 +209,52 @@ def _check(session: Session, snap: SessionSnapshot) -> _Plan:
     for name, saved in snap.nodes.items():
         runner = runners.get(name)
         if runner is None:
-            problems.append(f"node {name!r} ({saved.type}) of the snapshot is not in the pipeline")
+            if not swap:
+                problems.append(
+                    f"node {name!r} ({saved.type}) of the snapshot is not in the pipeline"
+                )
             continue
         assert runner.plan is not None and runner.node is not None
         if saved.type != runner.plan.type_name:
-            problems.append(
-                f"node {name!r} is a {saved.type} in the snapshot, a {runner.plan.type_name} here"
-            )
+            if not swap:  # a swap replaces the node: it starts afresh
+                problems.append(
+                    f"node {name!r} is a {saved.type} in the snapshot,"
+                    f" a {runner.plan.type_name} here"
+                )
             continue
         state_type = runner.node.State
         if saved.state is None:
             states[name] = None
         elif state_type is None:
-            problems.append(f"node {name!r} ({saved.type}) has state but declares no State type")
+            if not swap:
+                problems.append(
+                    f"node {name!r} ({saved.type}) has state but declares no State type"
+                )
         else:
             try:
                 states[name] = msgspec.msgpack.decode(saved.state, type=state_type)
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                problems.append(f"node {name!r} ({saved.type}): state does not validate: {exc}")
-    problems.extend(
-        f"node {name!r} is not in the snapshot (renamed or added?)"
-        for name in runners
-        if name not in snap.nodes
-    )
+                if not swap:  # a swap's new config may keep other state: start afresh
+                    problems.append(
+                        f"node {name!r} ({saved.type}): state does not validate: {exc}"
+                    )
+    if not swap:
+        problems.extend(
+            f"node {name!r} is not in the snapshot (renamed or added?)"
+            for name in runners
+            if name not in snap.nodes
+        )
     codec = MsgpackCodec()
     pending: dict[str, list[Event]] = {}
     in_flight: dict[str, Event] = {}
+    swapped_out: dict[str, int] = {}
     for where, items in (("queued", snap.pending), ("in flight", _single(snap.in_flight))):
         for name, raws in items.items():
             runner = runners.get(name)
             if runner is None or runner.inbox is None:
+                if swap:
+                    swapped_out[name] = len(raws)
+                    continue
                 problems.append(f"events {where} at {name!r}, which is not a queued node here")
                 continue
             try:
@@ -244,7 +268,7 @@ def _check(session: Session, snap: SessionSnapshot) -> _Plan:
                 in_flight[name] = events[0]
     if problems:
         raise SnapshotError(problems)
-    return _Plan(states=states, pending=pending, in_flight=in_flight)
+    return _Plan(states=states, pending=pending, in_flight=in_flight, swapped_out=swapped_out)
 
 
 def _single(in_flight: dict[str, bytes]) -> dict[str, list[bytes]]:
@@ -252,14 +276,26 @@ def _single(in_flight: dict[str, bytes]) -> dict[str, list[bytes]]:
 
 
 def restore(
-    session: Session, snap: SessionSnapshot, *, incarnation: int | None, resume_at_ns: int | None
+    session: Session,
+    snap: SessionSnapshot,
+    *,
+    incarnation: int | None,
+    resume_at_ns: int | None,
+    swap: bool = False,
 ) -> bool:
     """Put ``session`` (nodes built, tasks not started) into the snapshot's state.
 
     Returns whether the reply in progress can continue (False: a node that cannot
     resume was in the middle of it; the caller ends it once the session runs).
+
+    ``swap``: the session is of *another* pipeline (a hot swap: another voice, another
+    ASR, an upgraded LLM). Only at a turn boundary; the conversation, turn numbers,
+    numbering and session time carry over, and each node whose name, type and State
+    still fit keeps its state -- every other node starts afresh.
     """
-    plan = _check(session, snap)
+    plan = _check(session, snap, swap)
+    for name, n in plan.swapped_out.items():
+        session.count_drop(name, "?", "swapped_out", n)
     session.outbound.incarnation = incarnation if incarnation is not None else snap.incarnation + 1
     session.emission.seq = snap.seq
     session.outbound.pos = snap.pos
