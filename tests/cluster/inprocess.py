@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from rspp.cluster import SessionStore
 from rspp.cluster.dispatcher import Dispatcher, DispatcherConfig
 from rspp.cluster.gateway import ClusterHost
@@ -57,8 +59,16 @@ async def cluster(
     dispatchers: int = 1,
     lead_ms: float = 60.0,
     worker_config: dict[str, Any] | None = None,
+    configs: dict[str, dict[str, Any]] | None = None,
+    more: dict[str, list[DemoLine]] | None = None,
 ) -> AsyncIterator[Cluster]:
+    """``configs``: per worker name, its own WorkerConfig fields; ``more``: other
+    pipelines the workers run (name -> script), for swaps."""
     pipeline = build(with_lead(demo_pipeline(script).spec, lead_ms))
+    pipelines = {"demo": pipeline}
+    for name, other in (more or {}).items():
+        spec = msgspec.structs.replace(demo_pipeline(other).spec, name=name)
+        pipelines[name] = build(with_lead(spec, lead_ms))
     host = ClusterHost(store, {"demo": pipeline.spec})
     app = create_app(host, auth=Auth(static_token=TOKEN))
     async with asyncio.TaskGroup() as tg:
@@ -70,9 +80,8 @@ async def cluster(
         tasks: dict[str, asyncio.Task[None]] = {}
         for n in range(workers):
             name = f"w{n + 1}"
-            worker = Worker(
-                store, {"demo": pipeline}, WorkerConfig(id=name, **(worker_config or {}))
-            )
+            options = {**(worker_config or {}), **(configs or {}).get(name, {})}
+            worker = Worker(store, pipelines, WorkerConfig(id=name, **options))
             found[name] = worker
             tasks[name] = tg.create_task(worker.run(load=False))
         try:

@@ -12,9 +12,11 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
+
 from rspp.client import Call, Caller, Line
 from rspp.cluster import MemoryStore
-from rspp.cluster.dispatcher import request_move
+from rspp.cluster.dispatcher import MoveRefused, request_move, request_swap
 from rspp.demo import DemoLine
 from rspp.testing.audio import speech_like
 from rspp.transports.call.client import Played
@@ -156,5 +158,106 @@ def test_a_draining_worker_hands_its_calls_over_and_stops() -> None:
             (other,) = [w for w in c.workers.values() if w.id != draining.id]
             assert call.session in other.sessions
             assert draining.metrics.migrations.labels("drain")._value.get() == 1
+
+    run(body)
+
+
+UPGRADED = [
+    HELLO,
+    DemoLine(LONG.user, "The upgraded model says: mild tomorrow, rain later."),
+    DemoLine(BYE.user, "Goodbye from the upgraded model!"),
+]
+
+
+def test_a_live_session_swaps_pipeline_at_a_turn_boundary_with_its_conversation() -> None:
+    async def body() -> None:
+        async with (
+            cluster(MemoryStore(), SCRIPT, more={"demo-v2": UPGRADED}) as c,
+            Call.connect(c.url, token=TOKEN, input=FMT, output=FMT) as call,
+        ):
+            caller = asyncio.create_task(
+                Caller(call, [line(d, n) for n, d in enumerate(SCRIPT)]).play()
+            )
+            await mid_reply(call, 1, heard_ms=100.0)  # ask while the first reply plays
+            owner = c.owner_of(call.session)
+            assert await request_swap(c.store, call.session, pipeline="demo-v2") == owner.id
+            await caller
+            # Replies after the swap come from the new pipeline; the first was not cut.
+            replies_heard_once(call, [HELLO, UPGRADED[1], UPGRADED[2]])
+            owned = c.owner_of(call.session).sessions[call.session]
+            assert owned.pipeline.name == "demo-v2"
+            history = [(m.role, m.text) for m in owned.port.session.conversation.history()]
+            assert history[:2] == [("user", HELLO.user), ("assistant", HELLO.reply)]
+
+    run(body)
+
+
+def test_the_llm_of_a_live_session_is_reconfigured_at_a_turn_boundary() -> None:
+    async def body() -> None:
+        async with (
+            cluster(MemoryStore(), SCRIPT) as c,
+            Call.connect(c.url, token=TOKEN, input=FMT, output=FMT) as call,
+        ):
+            caller = asyncio.create_task(
+                Caller(call, [line(d, n) for n, d in enumerate(SCRIPT)]).play()
+            )
+            await mid_reply(call, 1, heard_ms=100.0)
+            replies = {d.user: d.reply for d in UPGRADED}
+            await request_swap(c.store, call.session, config={"llm": {"replies": replies}})
+            await caller
+            replies_heard_once(call, UPGRADED)
+            owned = c.owner_of(call.session).sessions[call.session]
+            assert owned.pipeline.spec.version == 3  # demo.toml is version 2; derived: +1
+            assert owned.spec is not None
+
+    run(body)
+
+
+def test_a_move_to_a_worker_that_cannot_read_the_checkpoint_is_refused() -> None:
+    async def body() -> None:
+        async with (
+            cluster(MemoryStore(), SCRIPT, configs={"w2": {"compatibility": "1.1"}}) as c,
+            Call.connect(c.url, token=TOKEN, input=FMT, output=FMT) as call,
+        ):
+            caller = asyncio.create_task(
+                Caller(call, [line(d, n) for n, d in enumerate(SCRIPT)]).play()
+            )
+            await mid_reply(call, 1, heard_ms=100.0)
+            owner = c.owner_of(call.session)
+            if owner.id == "w2":  # placed on the old one: move it to the new one instead
+                await request_move(c.store, call.session, to="w1")
+            else:
+                with pytest.raises(MoveRefused, match="stays on w1"):
+                    await request_move(c.store, call.session, to="w2")
+            await caller
+            replies_heard_once(call, SCRIPT)
+            assert c.owner_of(call.session).id == "w1"
+
+    run(body)
+
+
+def test_a_draining_worker_keeps_a_call_that_no_live_worker_can_read() -> None:
+    async def body() -> None:
+        async with (
+            cluster(
+                MemoryStore(), SCRIPT, workers=3, configs={"w2": {"compatibility": "1.1"}}
+            ) as c,
+            Call.connect(c.url, token=TOKEN, input=FMT, output=FMT) as call,
+        ):
+            await c.crash("w3")  # one new worker is not there yet
+            caller = asyncio.create_task(
+                Caller(call, [line(d, n) for n, d in enumerate(SCRIPT)]).play()
+            )
+            await mid_reply(call, 1, heard_ms=100.0)
+            if c.owner_of(call.session).id == "w2":  # the placement is random
+                await request_move(c.store, call.session, to="w1")  # newer reads older
+                await asyncio.sleep(0.5)
+            owner = c.owner_of(call.session)
+            assert owner.id == "w1"
+            owner.drain()
+            await asyncio.sleep(1.0)
+            assert c.owner_of(call.session).id == "w1"  # kept: w2 cannot read it
+            await caller
+            replies_heard_once(call, SCRIPT)
 
     run(body)

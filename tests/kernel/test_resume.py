@@ -308,9 +308,7 @@ def test_a_session_swapped_to_another_pipeline_keeps_its_conversation_and_number
     sink = RecordingSink()
 
     async def main() -> Any:
-        async with upgraded.session(
-            sinks={"client": sink}, snapshot=snap, swap=True
-        ) as session:
+        async with upgraded.session(sinks={"client": sink}, snapshot=snap, swap=True) as session:
             session.push(TurnCommit(text="and now?"))
             await sink.wait_for(lambda: bool(sink.of_kind("turn.done")))
             return session

@@ -5,6 +5,7 @@
 ``rspp gateway``     the call server (browser page, WebSocket, Twilio) in front of workers
 ``rspp cluster``     all of them on this machine, with a private Redis unless given one
 ``rspp sessions move ID [--to W]``   hand a live session over to another worker
+``rspp sessions swap ID --pipeline P | --set llm.KEY=VALUE``   switch it at a turn boundary
 
 Every role finds the store at ``--redis`` (default ``RSPP_REDIS_URL``, then
 ``redis://127.0.0.1:6379/0``); a password and ACL user come from
@@ -95,6 +96,20 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--dispatcher", help="a dispatcher's admin URL instead of the store (RSPP_ADMIN_TOKEN)"
     )
     move.set_defaults(func=_move)
+    swap = actions.add_parser(
+        "swap", help="switch a live session to another pipeline, or reconfigure its nodes"
+    )
+    swap.add_argument("session")
+    swap.add_argument("--pipeline", default="", help="a pipeline the workers offer")
+    swap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NODE.KEY=JSON",
+        help="change a node's setting (e.g. llm.model='\"gemma\"'; repeatable)",
+    )
+    _store_arg(swap)
+    swap.set_defaults(func=_swap)
     workers = actions.add_parser("workers", help="the live workers and their load")
     _store_arg(workers)
     workers.set_defaults(func=_workers)
@@ -332,6 +347,39 @@ def _move(args: argparse.Namespace) -> int:
         finally:
             await store.close()
         print(f"asked {owner} to hand {args.session} over to {args.to or 'any worker'}")
+        return 0
+
+    return asyncio.run(main())
+
+
+def _swap(args: argparse.Namespace) -> int:
+    import json
+
+    from rspp.cluster.dispatcher import MoveRefused, request_swap
+
+    config: dict[str, dict[str, Any]] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        node, dot, name = key.partition(".")
+        if not sep or not dot:
+            print(f"rspp sessions swap: --set wants NODE.KEY=VALUE, not {item!r}", file=sys.stderr)
+            return 2
+        try:
+            parsed: Any = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value  # a bare word: a string
+        config.setdefault(node, {})[name] = parsed
+
+    async def main() -> int:
+        store = _store(args.redis)
+        try:
+            owner = await request_swap(store, args.session, args.pipeline, config)
+        except MoveRefused as exc:
+            print(f"rspp sessions swap: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await store.close()
+        print(f"asked {owner} to swap {args.session} at its next turn boundary")
         return 0
 
     return asyncio.run(main())

@@ -33,15 +33,17 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
+from rspp.cluster.compat import reads
 from rspp.cluster.metrics import DispatcherMetrics
 from rspp.cluster.placement import Placement
 from rspp.cluster.records import Request, Task, WorkerInfo
 from rspp.cluster.store import SessionStore, StoreError, StoreUnavailable
 
-__all__ = ["Dispatcher", "DispatcherConfig", "MoveRefused", "request_move"]
+__all__ = ["Dispatcher", "DispatcherConfig", "MoveRefused", "request_move", "request_swap"]
 
 log = logging.getLogger("rspp.cluster.dispatcher")
 
@@ -222,9 +224,34 @@ async def request_move(store: SessionStore, sid: str, to: str = "") -> str:
         source = workers.get(owner)
         if target.draining:
             raise MoveRefused(f"worker {to} is draining")
-        if source is not None and source.abi and target.abi and target.abi < source.abi:
+        if source is not None and not reads(target.abi, source.abi):
             raise MoveRefused(
-                f"worker {to} reads checkpoints {target.abi}, older than {owner}'s {source.abi}"
+                f"worker {to} does not read {owner}'s checkpoints ({source.abi}; it reads"
+                f" {target.abi}): the session stays on {owner}"
             )
     await store.tell(owner, msgspec.msgpack.encode(Task(do="move", session=sid, to=to)))
+    return owner
+
+
+async def request_swap(
+    store: SessionStore,
+    sid: str,
+    pipeline: str = "",
+    config: dict[str, dict[str, Any]] | None = None,
+) -> str:
+    """Ask ``sid``'s owner to switch it, at its next turn boundary, to ``pipeline`` (one the
+    workers offer) or to its own pipeline with ``config`` changed (node -> settings: an
+    LLM upgrade mid-session). Returns the owner asked; raises :class:`MoveRefused`."""
+    if not pipeline and not config:
+        raise MoveRefused("a swap needs a pipeline or a config to change")
+    owner, token, _ = await store.lease_of(sid)
+    if not owner or not token:
+        raise MoveRefused(f"session {sid} has no owner now (not running, or moving)")
+    if pipeline:
+        workers = {w.id: w for w in await store.workers(2000)}
+        found = workers.get(owner)
+        if found is not None and pipeline not in found.pipelines:
+            raise MoveRefused(f"worker {owner} does not run pipeline {pipeline!r}")
+    task = Task(do="swap", session=sid, pipeline=pipeline, config=config or {})
+    await store.tell(owner, msgspec.msgpack.encode(task))
     return owner

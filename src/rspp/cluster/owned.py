@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from rspp.cluster.compat import needs_of
 from rspp.cluster.records import Checkpoint, Lease, OutputEntry
 from rspp.cluster.stamps import OutputStamps
 from rspp.cluster.store import Fenced, StoreUnavailable
@@ -92,15 +93,21 @@ class OwnedSession:
             if checkpoint
             else None
         )
+        self._snapshot = snapshot
         self.port: LocalPort = local_port(
             pipeline,
             lease.session,
             resources=worker.resources,
             snapshot=snapshot,
             incarnation=lease.token,
+            swap=bool(checkpoint and checkpoint.swap),
         )
+        #: The pipeline spec to record in checkpoints when it is not one offered by name.
+        self.spec = checkpoint.spec if checkpoint else None
         self.port.listen(self._output)
         self._reader: asyncio.Task[None] | None = None
+        #: Set when its checkpoint is refused here: what a worker must read to take it.
+        self.needs = ""
 
     @property
     def session_id(self) -> str:
@@ -116,6 +123,8 @@ class OwnedSession:
         except SnapshotError as exc:
             self.outcome = "refused"
             log.error("session %s: its checkpoint is refused here: %s", self.session_id, exc)
+            if self._snapshot is not None:
+                self.needs = needs_of(self._snapshot.format, self._snapshot.abi)
             return
         try:
             async with asyncio.TaskGroup() as tg:
@@ -167,14 +176,23 @@ class OwnedSession:
         self._checkpoint = None
         self._done.set()
 
-    async def hand_over(self, to: str, why: str) -> None:
-        """Checkpoint at this instant, stop, and release the lease to the next owner."""
+    async def hand_over(
+        self, to: str, why: str, *, swap_to: Pipeline | None = None, spec: bytes | None = None
+    ) -> None:
+        """Checkpoint at this instant, stop, and release the lease to the next owner.
+
+        ``swap_to``: the next owner (this worker) restores it into that pipeline.
+        """
         if self._done.is_set():
             return
         if self._reader is not None:
             self._reader.cancel()  # what comes now stays in the log for the next owner
         self._quiet = True
         self._capture()
+        if swap_to is not None and self._checkpoint is not None:
+            self._checkpoint.pipeline = swap_to.name
+            self._checkpoint.swap = True
+            self._checkpoint.spec = spec
         self.stop("moved")
         # run() flushes output and checkpoint, then the worker releases the lease.
         self.handover_to = to
@@ -226,6 +244,7 @@ class OwnedSession:
             snapshot=msgspec.msgpack.encode(snap),
             stamps=self.stamps.saved(),
             taken_ms=time.time_ns() // 1_000_000,
+            spec=self.spec,
         )
         self._dirty = False
         self._wake.set()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 
+from rspp.cluster.compat import reads
 from rspp.cluster.records import Request, WorkerInfo
 
 __all__ = ["Placement"]
@@ -28,16 +29,14 @@ class Placement:
         #: Per worker: (the beat time they are counted against, sessions placed since).
         self._placed: dict[str, tuple[int, int]] = {}
 
-    def choose(
-        self, request: Request, workers: Iterable[WorkerInfo], needs: str = ""
-    ) -> WorkerInfo | None:
+    def choose(self, request: Request, workers: Iterable[WorkerInfo]) -> WorkerInfo | None:
         scored: list[tuple[float, float, WorkerInfo]] = []
         for worker in workers:
             if worker.draining or worker.id in request.exclude:
                 continue
             if request.pipeline and request.pipeline not in worker.pipelines:
                 continue
-            if needs and worker.abi and worker.abi < needs:
+            if not reads(worker.abi, request.needs):
                 continue
             seen, placed = self._placed.get(worker.id, (0, 0))
             if seen != worker.seen_ms:

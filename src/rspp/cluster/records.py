@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 __all__ = [
@@ -74,6 +76,11 @@ class Checkpoint(msgspec.Struct, kw_only=True):
     snapshot: bytes
     stamps: dict[str, int] = msgspec.field(default_factory=dict)
     taken_ms: int = 0
+    #: A hot swap: restore into ``pipeline`` (another one) at this turn boundary.
+    swap: bool = False
+    #: The pipeline's spec (MessagePack), when it is not one the workers offer by name
+    #: (a session's own upgrade: another LLM config), so that any worker can build it.
+    spec: bytes | None = None
 
 
 class OutputEntry(msgspec.Struct, array_like=True):
@@ -89,13 +96,17 @@ class Task(msgspec.Struct, kw_only=True):
     """What a worker is told through its inbox (``rspp:w:{W}:inbox``).
 
     ``take``: own ``session`` (new, or a takeover); ``move``: hand ``session`` over
-    (to ``to``, or anywhere); ``drain``: hand every session over and exit.
+    (to ``to``, or anywhere); ``swap``: switch ``session`` at its next turn boundary to
+    ``pipeline`` (or its own, with ``config``: node name -> settings to change);
+    ``drain``: hand every session over and exit.
     """
 
     do: str
     session: str = ""
     to: str = ""
     why: str = ""
+    pipeline: str = ""
+    config: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 
 
 class Request(msgspec.Struct, kw_only=True):
@@ -110,3 +121,6 @@ class Request(msgspec.Struct, kw_only=True):
     why: str = "open"
     to: str = ""
     exclude: list[str] = msgspec.field(default_factory=list)
+    #: The checkpoints it has need a worker that reads at least this
+    #: (:func:`~rspp.cluster.worker.compatibility`; "" for a new session).
+    needs: str = ""

@@ -31,26 +31,20 @@ from typing import Any
 import msgspec
 
 import rspp
+from rspp.cluster.compat import compatibility, reads
 from rspp.cluster.metrics import WorkerMetrics
 from rspp.cluster.owned import OwnedSession
 from rspp.cluster.records import Checkpoint, Request, Task, WorkerInfo
 from rspp.cluster.store import SessionStore, StoreError, StoreUnavailable
-from rspp.events import ABI_VERSION
-from rspp.kernel import Pipeline
-from rspp.kernel.snapshot import SNAPSHOT_FORMAT
+from rspp.kernel import BuildError, Pipeline, PipelineSpec, build
 
-__all__ = ["Worker", "WorkerConfig", "compatibility"]
+__all__ = ["Worker", "WorkerConfig"]
 
 log = logging.getLogger("rspp.cluster.worker")
 
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-def compatibility() -> str:
-    """What checkpoints this worker reads: ``<snapshot format>/<ABI major>``."""
-    return f"{SNAPSHOT_FORMAT}/{ABI_VERSION.split('.')[0]}"
 
 
 @dataclass
@@ -67,6 +61,8 @@ class WorkerConfig:
     handoff_hold_ms: int = 2000
     #: A session with no input for this long has lost its caller (and every gateway).
     input_idle_s: float = 60.0
+    #: What checkpoints it reads (default: :func:`compatibility`; tests play older workers).
+    compatibility: str = field(default_factory=compatibility)
 
 
 class Worker:
@@ -98,6 +94,7 @@ class Worker:
         self._group: asyncio.TaskGroup | None = None
         self._cpu = (time.process_time(), time.monotonic(), 0.0)
         self._trouble_logged = 0.0
+        self._built: dict[bytes, Pipeline] = {}
 
     @property
     def id(self) -> str:
@@ -137,7 +134,7 @@ class Worker:
             active=len(self.sessions),
             cpu=self._cpu[2],
             draining=self.draining,
-            abi=compatibility(),
+            abi=self.config.compatibility,
             version=rspp.__version__,
         )
 
@@ -206,6 +203,10 @@ class Worker:
             owned = self.sessions.get(task.session)
             if owned is not None:
                 await owned.hand_over(task.to, "move")
+        elif task.do == "swap":
+            owned = self.sessions.get(task.session)
+            if owned is not None and self._group is not None:
+                self._group.create_task(self._swap(owned, task))
         elif task.do == "drain":
             self.drain()
 
@@ -240,7 +241,7 @@ class Worker:
             return
         checkpoint = msgspec.msgpack.decode(raw, type=Checkpoint) if raw else None
         name = checkpoint.pipeline if checkpoint else record.pipeline
-        pipeline = self.pipelines.get(name)
+        pipeline = self._pipeline(name, checkpoint.spec if checkpoint else None)
         if pipeline is None:
             log.error("worker %s: no pipeline %r for session %s", self.id, name, sid)
             await self.store.release(lease)
@@ -251,6 +252,54 @@ class Worker:
         self.metrics.active.set(len(self.sessions))
         assert self._group is not None
         self._group.create_task(self._own(owned, record.pipeline))
+
+    def _pipeline(self, name: str, spec: bytes | None) -> Pipeline | None:
+        """The pipeline ``name``, or the one ``spec`` describes (built once per spec)."""
+        if spec is None:
+            return self.pipelines.get(name)
+        built = self._built.get(spec)
+        if built is None:
+            try:
+                built = build(msgspec.msgpack.decode(spec, type=PipelineSpec))
+            except (BuildError, msgspec.DecodeError) as exc:
+                log.error("worker %s: a checkpoint's pipeline does not build: %s", self.id, exc)
+                return None
+            self._built[spec] = built
+        return built
+
+    async def _swap(self, owned: OwnedSession, task: Task) -> None:
+        """Switch ``owned`` to another pipeline (or its own, reconfigured) at a turn boundary."""
+        spec: bytes | None = None
+        if task.config:
+            base = owned.pipeline.spec
+            nodes = [
+                msgspec.structs.replace(n, config={**n.config, **task.config[n.name]})
+                if n.name in task.config
+                else n
+                for n in base.nodes
+            ]
+            derived = msgspec.structs.replace(base, nodes=nodes, version=base.version + 1)
+            spec = msgspec.msgpack.encode(derived)
+            target = self._pipeline(derived.name, spec)
+        else:
+            target = self.pipelines.get(task.pipeline)
+        if target is None:
+            log.error("worker %s: cannot swap %s to %r", self.id, owned.session_id, task.pipeline)
+            return
+        session = owned.port.session
+        deadline = time.monotonic() + 120.0
+        while not owned.outcome and time.monotonic() < deadline:
+            if session.turns.state.value == "listening" and not any(
+                r.in_flight is not None or (r.inbox is not None and len(r.inbox))
+                for r in session.queued
+            ):
+                from rspp.agent import preload
+
+                await preload(target)  # its models, before the caller waits on them
+                if not owned.outcome:
+                    await owned.hand_over(self.id, "swap", swap_to=target, spec=spec)
+                return
+            await asyncio.sleep(0.02)
 
     def took(self, owned: OwnedSession, ms: float) -> None:
         """``owned`` made its first output (the caller hears it again)."""
@@ -272,7 +321,7 @@ class Worker:
             if owned.outcome == "refused":
                 self.metrics.refused.inc()
                 await self.store.release(owned.lease)
-                await self._place_elsewhere(sid, "refused")
+                await self._place_elsewhere(sid, "refused", needs=owned.needs)
             elif owned.outcome == "moved":
                 await self._hand_over(owned, pipeline)
         except StoreUnavailable as exc:
@@ -283,6 +332,8 @@ class Worker:
             if self.sessions.get(sid) is owned:
                 del self.sessions[sid]
             self.metrics.active.set(len(self.sessions))
+        if owned.outcome == "moved" and owned.handover_to == self.id:
+            await self.take(sid, owned.handover_why)  # a swap: back here, in the new pipeline
 
     async def _hand_over(self, owned: OwnedSession, pipeline: str) -> None:
         to = owned.handover_to
@@ -290,6 +341,8 @@ class Worker:
         if not released:
             return  # lost meanwhile: the new owner has it
         self.metrics.migrations.labels(owned.handover_why).inc()
+        if to == self.id:
+            return  # a swap: taken again here (_own)
         if to:
             await self.store.tell(
                 to, msgspec.msgpack.encode(Task(do="take", session=owned.session_id, why="move"))
@@ -303,17 +356,29 @@ class Worker:
                 )
             )
 
-    async def _place_elsewhere(self, sid: str, why: str) -> None:
+    async def _place_elsewhere(self, sid: str, why: str, needs: str = "") -> None:
         record = await self.store.record(sid)
         if record is None:
             return
-        await self.store.request(
-            msgspec.msgpack.encode(
-                Request(session=sid, pipeline=record.pipeline, why=why, exclude=[self.id])
-            )
+        request = Request(
+            session=sid, pipeline=record.pipeline, why=why, exclude=[self.id], needs=needs
         )
+        await self.store.request(msgspec.msgpack.encode(request))
 
     # -- draining ---------------------------------------------------------------------------
+
+    async def _takers(self) -> set[str]:
+        """The pipelines some other live worker could take a session of from here now."""
+        try:
+            workers = await self.store.workers(self.config.heartbeat_every_ms * 5)
+        except StoreError:
+            return set()
+        return {
+            name
+            for w in workers
+            if w.id != self.id and w.room > 0 and reads(w.abi, self.config.compatibility)
+            for name in w.pipelines
+        }
 
     def drain(self) -> None:
         """Stop taking sessions and hand every one over (a second call: at once)."""
@@ -337,10 +402,24 @@ class Worker:
         patient_until = time.monotonic() + self.config.drain_deadline_s / 2
         with contextlib.suppress(StoreError):
             await self.store.heartbeat(self.info())  # no more placements here, now
+        warned = False
         while self.sessions and time.monotonic() < deadline:
             at_once = self._hurry or time.monotonic() >= patient_until
+            takers = await self._takers()
             for owned in list(self.sessions.values()):
                 if owned.outcome:
+                    continue
+                if owned.pipeline.name not in takers:
+                    if not warned:  # a rolling upgrade with no new worker yet, say
+                        log.error(
+                            "worker %s: no live worker reads checkpoints %s for %r; keeping"
+                            " %s until one comes",
+                            self.id,
+                            self.config.compatibility,
+                            owned.pipeline.name,
+                            owned.session_id,
+                        )
+                        warned = True
                     continue
                 if at_once or owned.port.session.turns.state.value == "listening":
                     await owned.hand_over("", "drain")

@@ -235,9 +235,7 @@ def _check(session: Session, snap: SessionSnapshot, swap: bool) -> _Plan:
                 states[name] = msgspec.msgpack.decode(saved.state, type=state_type)
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 if not swap:  # a swap's new config may keep other state: start afresh
-                    problems.append(
-                        f"node {name!r} ({saved.type}): state does not validate: {exc}"
-                    )
+                    problems.append(f"node {name!r} ({saved.type}): state does not validate: {exc}")
     if not swap:
         problems.extend(
             f"node {name!r} is not in the snapshot (renamed or added?)"

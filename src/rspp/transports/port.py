@@ -405,6 +405,7 @@ def local_port(
     resources: Mapping[str, Any] | None = None,
     snapshot: SessionSnapshot | None = None,
     incarnation: int | None = None,
+    swap: bool = False,
 ) -> LocalPort:
     """A session of ``plan`` (not started) with a port as its client sink and observer."""
     port = LocalPort()
@@ -415,6 +416,7 @@ def local_port(
         resources=resources,
         snapshot=snapshot,
         incarnation=incarnation,
+        swap=swap,
     )
     port.attach(session)
     return port
