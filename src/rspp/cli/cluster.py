@@ -314,10 +314,12 @@ def _gateway(args: argparse.Namespace) -> int:
     if pipelines is None:
         return 2
     from rspp.cluster.gateway import ClusterHost
+    from rspp.transports.metrics import ServerMetrics
 
     host = ClusterHost(_store(args.redis), {name: p.spec for name, p in pipelines.items()})
     print(f"gateway: pipelines {', '.join(pipelines)}", flush=True)
-    run_server(args, host)
+    # One /metrics: the call server's and the cluster port's, in one registry.
+    run_server(args, host, ServerMetrics(host.metrics.registry))
     return 0
 
 

@@ -102,7 +102,9 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_server(args: argparse.Namespace, host: SessionHost) -> None:
+def run_server(
+    args: argparse.Namespace, host: SessionHost, metrics: ServerMetrics | None = None
+) -> None:
     """Serve calls through ``host`` as ``add_server_args`` says, until stopped."""
     import uvicorn
 
@@ -121,7 +123,9 @@ def run_server(args: argparse.Namespace, host: SessionHost) -> None:
         freeze_gc=True,
         extra_routes=_twilio_routes(args.public_url),
     )
-    app = create_app(host, auth=auth, config=config, status=lambda s: print(s, flush=True))
+    app = create_app(
+        host, auth=auth, config=config, metrics=metrics, status=lambda s: print(s, flush=True)
+    )
     token = auth.static_token or auth.issue(24 * 3600)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"open http://{shown}:{args.port}/?token={token}", flush=True)

@@ -177,7 +177,8 @@ class ClusterPort:
                 batch, self._input = self._input, []
                 close = self._closing
                 try:
-                    await self._store.append_input(self._sid, batch, close=close)
+                    async with self._host.metrics.store.time("append_input"):
+                        await self._store.append_input(self._sid, batch, close=close)
                     backoff = 0.02
                 except StoreUnavailable as exc:
                     self._host.trouble(exc)
