@@ -266,7 +266,15 @@ def gc_census() -> dict[str, Any]:
     return {"gc_tracked": len(objects), "gc_top": types.most_common(12)}
 
 
-async def serve(port: int, name: str, profile: str | None, ws: str) -> None:
+async def serve(
+    port: int, name: str, profile: str | None, ws: str, redis_url: str | None = None
+) -> None:
+    """The call server: ``create_app`` on uvicorn, as ``rspp serve`` runs it.
+
+    With ``redis_url`` it is a cluster's gateway instead (``rspp gateway``'s app: a
+    :class:`~rspp.cluster.gateway.ClusterHost`, no pipeline here) with a dispatcher as a
+    task of the same loop; it says READY once a worker beats in the store.
+    """
     import uvicorn
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -278,7 +286,17 @@ async def serve(port: int, name: str, profile: str | None, ws: str) -> None:
     from rspp.transports.port import LocalHost
     from rspp.transports.server import ServerConfig, create_app
 
-    host = LocalHost({name: pipeline_for(name)}, max_sessions=100_000)
+    store: Any = None
+    host: Any
+    if redis_url is None:
+        host = LocalHost({name: pipeline_for(name)}, max_sessions=100_000)
+    else:
+        from rspp.cluster.gateway import ClusterHost
+        from rspp.cluster.redis_store import RedisStore
+
+        store = RedisStore(redis_url)
+        pipeline = pipeline_for(name)  # keyed by its own name, as rspp gateway/worker do
+        host = ClusterHost(store, {pipeline.name: pipeline.spec})
     lag = LoopLag()
     window = {"cpu": time.process_time(), "wall": time.perf_counter(), "waited": run_delay_s()}
     profiler = cProfile.Profile() if profile else None
@@ -332,15 +350,63 @@ async def serve(port: int, name: str, profile: str | None, ws: str) -> None:
         )
     )
     sampler = asyncio.create_task(lag.run())
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            return
-        await asyncio.sleep(0.01)
-    print("READY", flush=True)
-    await task
-    sampler.cancel()
+    dispatcher: asyncio.Task[None] | None = None
+    try:
+        if store is not None:
+            from rspp.cluster.dispatcher import Dispatcher, DispatcherConfig
+
+            dispatcher = asyncio.create_task(
+                Dispatcher(store, DispatcherConfig(id="bench-dispatcher")).run()
+            )
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            if task.done():
+                task.result()
+                return
+            await asyncio.sleep(0.01)
+        # A gateway lets calls in once a worker beats in the store (it polls: no event).
+        while store is not None and not await host.check():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        print("READY", flush=True)
+        await task
+    finally:
+        for background in (sampler, dispatcher):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
+        if store is not None:
+            await store.close()
+
+
+async def serve_worker(name: str, redis_url: str) -> None:
+    """A cluster worker (``rspp worker``'s :class:`~rspp.cluster.worker.Worker`) running the
+    part's pipeline: this script, because the echo pipeline's node type is defined here.
+
+    SIGTERM stops it at once (its sessions have ended by then: the calls said bye).
+    """
+    import signal
+
+    from rspp.cluster.redis_store import RedisStore
+    from rspp.cluster.worker import Worker, WorkerConfig
+
+    store = RedisStore(redis_url)
+    pipeline = pipeline_for(name)
+    worker = Worker(store, {pipeline.name: pipeline}, WorkerConfig(id="bench-worker"))
+    task = asyncio.create_task(worker.run())  # preloads the models, as rspp worker does
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        while not worker.ready:  # noqa: ASYNC110 - the worker offers no event for it
+            await asyncio.sleep(0.01)
+        print("READY", flush=True)  # the gateway waits for its first beat
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await store.close()
 
 
 async def serve_floor(port: int, role: str) -> None:
@@ -417,24 +483,32 @@ async def serve_floor(port: int, role: str) -> None:
 
 
 class Server:
-    """The server role in a process of its own, pinned to core 0."""
+    """The server role (or one of the cluster's) in a process of its own, pinned to a core."""
 
-    def __init__(self, pipeline: str, profile: str | None = None, role: str = "server") -> None:
+    def __init__(
+        self,
+        pipeline: str,
+        profile: str | None = None,
+        role: str = "server",
+        *,
+        core: int = SERVER_CORE,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         from rspp.testing.server import free_port
 
         self.port = free_port()
         cmd = [sys.executable, __file__, "--role", role, "--port", str(self.port)]
-        cmd += ["--pipeline", pipeline, "--ws", WS_IMPL[0], "--loop", LOOP[0]]
+        cmd += ["--pipeline", pipeline, "--ws", WS_IMPL[0], "--loop", LOOP[0], *extra]
         if profile:
             cmd += ["--profile-out", profile]
         self.proc = subprocess.Popen(
-            ["taskset", "-c", str(SERVER_CORE), *cmd], stdout=subprocess.PIPE, text=True
+            ["taskset", "-c", str(core), *cmd], stdout=subprocess.PIPE, text=True
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if line.strip() != "READY":
-            self.proc.kill()
-            raise RuntimeError(f"the server did not start: {line!r}")
+            self.stop()
+            raise RuntimeError(f"the {role} did not start: {line!r}")
 
     async def get(self, path: str) -> dict[str, Any]:
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
@@ -450,6 +524,96 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+#: ``--cluster-cores``: the cores of the cluster's gateway (with its dispatcher), worker and
+#: redis-server. Default: gateway and worker on the server's core (the one core the
+#: single-process server has), redis-server on the load generator's, as a store on a host
+#: of its own would be.
+CLUSTER_CORES = {"gateway": SERVER_CORE, "worker": SERVER_CORE, "redis": CLIENT_CORE}
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used, all its threads."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def pin_process(pid: int, core: int) -> None:
+    """Pin every thread of process ``pid`` to ``core`` (redis-server starts its own threads)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            os.sched_setaffinity(int(task.name), {core})
+
+
+class ClusterServer:
+    """The cluster in place of the server: the load generator sees the same port and routes.
+
+    A private redis-server (``rspp.cluster.redis_server.RedisServer``, as ``rspp cluster``
+    runs it: append-only file, ``appendfsync always``), one worker (``--role
+    cluster-worker``) and one gateway with the dispatcher as a task of its loop (``--role
+    cluster-gateway``), each pinned as :data:`CLUSTER_CORES` says. ``port`` is the
+    gateway's; its ``/bench`` routes report the gateway's loop and CPU.
+    """
+
+    def __init__(self, pipeline: str) -> None:
+        from rspp.cluster.redis_server import RedisServer
+
+        self.redis = RedisServer()
+        self.worker: Server | None = None
+        self.gateway: Server | None = None
+        try:
+            self.redis.start()
+            assert self.redis.proc is not None
+            pin_process(self.redis.proc.pid, CLUSTER_CORES["redis"])
+            url = ("--redis", self.redis.url)
+            self.worker = Server(
+                pipeline, role="cluster-worker", core=CLUSTER_CORES["worker"], extra=url
+            )
+            self.gateway = Server(
+                pipeline, role="cluster-gateway", core=CLUSTER_CORES["gateway"], extra=url
+            )
+        except BaseException:
+            self.stop()
+            raise
+        self.port = self.gateway.port
+
+    def pids(self) -> dict[str, int]:
+        assert self.gateway is not None and self.worker is not None
+        assert self.redis.proc is not None
+        return {
+            "gateway": self.gateway.proc.pid,
+            "worker": self.worker.proc.pid,
+            "redis": self.redis.proc.pid,
+        }
+
+    def cpu_s(self) -> dict[str, float]:
+        """CPU seconds used so far by each of the cluster's processes."""
+        return {name: process_cpu_s(pid) for name, pid in self.pids().items()}
+
+    async def get(self, path: str) -> dict[str, Any]:
+        assert self.gateway is not None
+        return await self.gateway.get(path)
+
+    def stop(self) -> None:
+        """Gateway first (its calls end), then the worker, then redis-server; each for sure."""
+        try:
+            if self.gateway is not None:
+                self.gateway.stop()
+        finally:
+            try:
+                if self.worker is not None:
+                    self.worker.stop()
+            finally:
+                self.redis.stop()
+
+
+def start_server(pipeline: str, cluster: bool) -> Server | ClusterServer:
+    """The single-process server, or the cluster in its place."""
+    return ClusterServer(pipeline) if cluster else Server(pipeline)
 
 
 # -------------------------------------------------------------------- the client end
@@ -849,15 +1013,20 @@ async def paced(frames: int, send: Callable[[int], None]) -> None:
         send(i)
 
 
-async def echo_ws(frames: int, discard: int, role: str) -> tuple[list[float], float]:
-    """Round trips through a server of ``role``; and its CPU per frame (us, RSPP only)."""
+async def echo_ws(
+    frames: int, discard: int, role: str, cluster: bool = False
+) -> tuple[list[float], dict[str, float]]:
+    """Round trips through a server of ``role`` (or the cluster); CPU per frame (us) of each
+    RSPP process: ``server``, or the cluster's ``gateway``, ``worker`` and ``redis``."""
     await quiet()
-    server = Server("echo", role=role)
+    server: Server | ClusterServer = ClusterServer("echo") if cluster else Server("echo", role=role)
     try:
         client = EchoClient()
         await client.open(server.port)
-        if role == "server":
+        measured = cluster or role == "server"
+        if measured:
             await server.get("/bench/reset")
+        cpu0 = server.cpu_s() if isinstance(server, ClusterServer) else {}
         gc.collect()
 
         def send(i: int) -> None:
@@ -866,16 +1035,19 @@ async def echo_ws(frames: int, discard: int, role: str) -> tuple[list[float], fl
 
         await paced(frames, send)
         await asyncio.sleep(0.2)
-        cpu_us = 0.0
-        if role == "server":
+        cpu_us: dict[str, float] = {}
+        if isinstance(server, ClusterServer):
+            cpu1 = server.cpu_s()
+            cpu_us = {name: (cpu1[name] - cpu0[name]) / frames * 1e6 for name in cpu1}
+        elif measured:
             stats = await server.get("/bench/stats")
-            cpu_us = stats["cpu_s"] / frames * 1e6
+            cpu_us = {"server": stats["cpu_s"] / frames * 1e6}
         client.bye()
         await asyncio.sleep(0.1)
         client.close()
         lost = frames - len(client.rtts)
         if lost:
-            log(f"  {role}: {lost} echoed frames did not come back")
+            log(f"  {'cluster' if cluster else role}: {lost} echoed frames did not come back")
         return [client.rtts[i] for i in sorted(client.rtts) if i >= discard], cpu_us
     finally:
         server.stop()
@@ -947,7 +1119,8 @@ async def part_echo(frames: int) -> dict[str, Any]:
     discard = min(50, frames // 5)
     log(f"(a) echo: {frames} frames of 20 ms, paced, one call; load {loadavg()}")
     inproc = await echo_inprocess(frames, discard)
-    rtts, cpu_us = await echo_ws(frames, discard, "server")
+    rtts, cpu = await echo_ws(frames, discard, "server")
+    cpu_us = cpu["server"]
     asgi, _ = await echo_ws(frames, discard, "asgi-echo")
     tcp = await echo_tcp(frames, discard)
     out: dict[str, Any] = {"frames": len(rtts)}
@@ -959,6 +1132,7 @@ async def part_echo(frames: int) -> dict[str, Any]:
     ):
         out[f"{name}_ms_p50"] = statistics.median(values)
         out[f"{name}_ms_p99"] = percentile(values, 0.99)
+    out["ws_rtt_ms_p95"] = percentile(rtts, 0.95)
     out["ws_rtt_ms_max"] = max(rtts)
     out["ws_frame_overhead_ms_p50"] = out["ws_rtt_ms_p50"] - out["inproc_ms_p50"]
     out["ws_frame_overhead_ms_p99"] = out["ws_rtt_ms_p99"] - out["inproc_ms_p99"]
@@ -979,13 +1153,40 @@ async def part_echo(frames: int) -> dict[str, Any]:
     return out
 
 
+async def part_echo_cluster(frames: int) -> dict[str, Any]:
+    """The same echo call through the cluster: gateway -> redis -> worker -> redis -> gateway."""
+    discard = min(50, frames // 5)
+    log(
+        f"(a') echo through the cluster: {frames} frames of 20 ms, paced, one call; "
+        f"cores {CLUSTER_CORES}; load {loadavg()}"
+    )
+    rtts, cpu = await echo_ws(frames, discard, "server", cluster=True)
+    out: dict[str, Any] = {"frames": len(rtts)}
+    for q in (50, 95, 99):
+        out[f"rtt_ms_p{q}"] = percentile(rtts, q / 100) if q != 50 else statistics.median(rtts)
+    out["rtt_ms_max"] = max(rtts)
+    for name, us in cpu.items():
+        out[f"cpu_us_per_frame_{name}"] = us
+    log(
+        f"  cluster round trip p50 {out['rtt_ms_p50']:.3f} ms  p95 {out['rtt_ms_p95']:.3f} ms  "
+        f"p99 {out['rtt_ms_p99']:.3f} ms  max {out['rtt_ms_max']:.3f} ms;  CPU per frame: "
+        + ", ".join(f"{name} {us:.0f} us" for name, us in cpu.items())
+    )
+    return out
+
+
 # -------------------------------------------------------------------- (b) barge-in
 
 
-async def part_bargein(trials: int, calls: int) -> dict[str, Any]:
-    log(f"(b) barge-in: {trials} trials over {calls} calls, lead {LEAD_MS:g} ms; load {loadavg()}")
+async def part_bargein(trials: int, calls: int, cluster: bool = False) -> dict[str, Any]:
+    """Barge-in trials against the single-process server, or the cluster (``cluster``)."""
+    where = f"the cluster (cores {CLUSTER_CORES})" if cluster else "the server"
+    log(
+        f"(b) barge-in through {where}: {trials} trials over {calls} calls, lead {LEAD_MS:g} ms;"
+        f" load {loadavg()}"
+    )
     await quiet()
-    server = Server("bargein")
+    server = start_server("bargein", cluster)
     pacer = Pacer()
     pacing = asyncio.create_task(pacer.run())
     rng = random.Random(7)
@@ -1013,9 +1214,12 @@ async def part_bargein(trials: int, calls: int) -> dict[str, Any]:
     out = {
         "trials": len(results),
         "ws_bargein_client_silent_ms_p50": statistics.median(silent),
+        "ws_bargein_client_silent_ms_p95": percentile(silent, 0.95),
         "ws_bargein_client_silent_ms_p99": percentile(silent, 0.99),
         "ws_bargein_client_silent_ms_max": max(silent),
         "client_played_after_interrupt_ms_p50": statistics.median(played),
+        "client_played_after_interrupt_ms_p95": percentile(played, 0.95),
+        "client_played_after_interrupt_ms_p99": percentile(played, 0.99),
         "client_played_after_interrupt_ms_max": max(played),
         "client_held_ms_at_interrupt_p50": statistics.median(r["held_at_t0_ms"] for r in results),
         "client_held_ms_max": held_max,
@@ -1335,6 +1539,47 @@ async def part_profile(n: int, warmup_s: float, window_s: float, py_spy: str | N
 
 # -------------------------------------------------------------------- main
 
+#: (local key, cluster key, added key): what the cluster adds, per frame and per barge-in.
+ADDED = [
+    *[
+        (f"ws_rtt_ms_p{q}", f"cluster_rtt_ms_p{q}", f"cluster_added_rtt_ms_p{q}")
+        for q in (50, 95, 99)
+    ],
+    *[
+        (
+            f"ws_bargein_client_silent_ms_p{q}",
+            f"cluster_bargein_client_silent_ms_p{q}",
+            f"cluster_added_bargein_silent_ms_p{q}",
+        )
+        for q in (50, 95, 99)
+    ],
+    *[
+        (
+            f"client_played_after_interrupt_ms_{q}",
+            f"cluster_client_played_after_interrupt_ms_{q}",
+            f"cluster_added_played_after_interrupt_ms_{q}",
+        )
+        for q in ("p50", "p95", "p99", "max")
+    ],
+]
+
+
+def cluster_added(result: dict[str, Any]) -> dict[str, float]:
+    """Cluster minus local, percentile by percentile (the difference of the medians etc.)."""
+    added = {
+        key: round(result[c] - result[loc], 4)
+        for loc, c, key in ADDED
+        if loc in result and c in result
+    }
+    if added:
+        log(
+            "  the cluster adds: "
+            + ";  ".join(
+                f"{k.removeprefix('cluster_added_')} {v:+.3f} ms" for k, v in added.items()
+            )
+        )
+    return added
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="the call protocol over WebSocket")
@@ -1350,8 +1595,23 @@ def main() -> None:
     )
     parser.add_argument("--py-spy", default=shutil.which("py-spy"), help="py-spy's executable")
     parser.add_argument(
-        "--role", choices=["bench", "server", "asgi-echo", "tcp-echo"], default="bench"
+        "--server-mode",
+        choices=["local", "cluster", "both"],
+        default="local",
+        help="parts echo and bargein against the single-process server (local), the cluster "
+        "(a private redis-server, a worker, a gateway with its dispatcher), or both in turn",
     )
+    parser.add_argument(
+        "--cluster-cores",
+        default=",".join(str(CLUSTER_CORES[k]) for k in ("gateway", "worker", "redis")),
+        help="the cores of the cluster's gateway, worker and redis-server (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--role",
+        choices=["bench", "server", "asgi-echo", "tcp-echo", "cluster-gateway", "cluster-worker"],
+        default="bench",
+    )
+    parser.add_argument("--redis", help="the cluster's store (the cluster roles)")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--pipeline", default="calls")
     parser.add_argument("--profile-out")
@@ -1370,10 +1630,15 @@ def main() -> None:
     args = parser.parse_args()
     LOOP[0] = args.loop
 
-    if args.role == "server":
+    if args.role in ("server", "cluster-gateway"):
         # The loop rspp serve runs on (asyncio's: uvloop measured ~10 % more CPU per call).
+        redis_url = args.redis if args.role == "cluster-gateway" else None
         with asyncio.Runner(loop_factory=server_loop_factory()) as runner:
-            runner.run(serve(args.port, args.pipeline, args.profile_out, args.ws))
+            runner.run(serve(args.port, args.pipeline, args.profile_out, args.ws, redis_url))
+        return
+    if args.role == "cluster-worker":
+        with asyncio.Runner(loop_factory=server_loop_factory()) as runner:
+            runner.run(serve_worker(args.pipeline, args.redis))
         return
     if args.role in ("asgi-echo", "tcp-echo"):
         with (
@@ -1383,6 +1648,8 @@ def main() -> None:
             runner.run(serve_floor(args.port, args.role))
         return
     WS_IMPL[0] = args.ws
+    cores = [int(x) for x in args.cluster_cores.split(",")]
+    CLUSTER_CORES.update(zip(("gateway", "worker", "redis"), cores, strict=True))
     pin_to(CLIENT_CORE)
     log(
         f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
@@ -1405,18 +1672,31 @@ def main() -> None:
         asyncio.run(part_profile(args.profile, warmup, window, args.py_spy))
         return
     parts = set(args.parts.split(","))
+    local = args.server_mode in ("local", "both")
+    cluster = args.server_mode in ("cluster", "both")
     result: dict[str, Any] = {}
-    if "echo" in parts:
+    if "echo" in parts and local:
         echo = asyncio.run(part_echo(frames))
         result.update({k: round(v, 4) for k, v in echo.items() if isinstance(v, float)})
         result["server_cpu_us_per_frame"] = round(echo["server_cpu_us_per_frame"], 1)
         result["echo_frames"] = echo["frames"]
-    if "bargein" in parts:
+    if "echo" in parts and cluster:
+        echo = asyncio.run(part_echo_cluster(frames))
+        result.update({f"cluster_{k}": round(v, 4) for k, v in echo.items()})
+    if "bargein" in parts and local:
         barge = asyncio.run(part_bargein(trials, barge_calls))
         result.update({k: round(v, 3) if isinstance(v, float) else v for k, v in barge.items()})
         result["bargein_trials"] = result.pop("trials")
         result["bargein_v2v_ms_p50"] = result.pop("v2v_ms_p50")
         result["bargein_errors"] = result.pop("errors")
+    if "bargein" in parts and cluster:
+        barge = asyncio.run(part_bargein(trials, barge_calls, cluster=True))
+        barge = {k.removeprefix("ws_"): v for k, v in barge.items()}
+        result.update(
+            {f"cluster_{k}": round(v, 3) if isinstance(v, float) else v for k, v in barge.items()}
+        )
+    if local and cluster:
+        result.update(cluster_added(result))
     if "calls" in parts:
         calls = asyncio.run(
             part_calls(levels, warmup, window, 8.0 if args.quick else 40.0, args.keep_going)

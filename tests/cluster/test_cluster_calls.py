@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from rspp.client import Call, Caller, Line
+from rspp.client import Call, Caller, CallRefused, Line
 from rspp.cluster import MemoryStore
 from rspp.cluster.dispatcher import MoveRefused, request_move, request_swap
 from rspp.demo import DemoLine
@@ -259,5 +259,24 @@ def test_a_draining_worker_keeps_a_call_that_no_live_worker_can_read() -> None:
             assert c.owner_of(call.session).id == "w1"  # kept: w2 cannot read it
             await caller
             replies_heard_once(call, SCRIPT)
+
+    run(body)
+
+
+def test_a_full_cluster_refuses_a_call_cleanly_and_takes_it_when_room_comes() -> None:
+    async def body() -> None:
+        async with cluster(
+            MemoryStore(), SCRIPT, workers=1, worker_config={"capacity": 1}, dispatchers=2
+        ) as c:
+            async with Call.connect(c.url, token=TOKEN, input=FMT, output=FMT) as first:
+                await asyncio.sleep(0.3)  # its worker's beat says it is full
+                with pytest.raises(CallRefused) as refused:
+                    async with Call.connect(c.url, token=TOKEN, input=FMT, output=FMT):
+                        pass
+                assert refused.value.code == 4503 and "full" in str(refused.value)
+                assert first.connected  # the call in progress is untouched
+            await asyncio.sleep(0.5)  # the first call ended: room again
+            async with Call.connect(c.url, token=TOKEN, input=FMT, output=FMT) as again:
+                assert again.connected
 
     run(body)

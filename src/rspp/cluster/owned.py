@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -56,6 +56,23 @@ _ENTRY = msgspec.msgpack.Encoder()
 #: Output kept while the store is away, at most (then the oldest goes; the caller would
 #: hear it late anyway, and "heard" is what the client reports, so nothing is misrecorded).
 OUTBOX_LIMIT = 500
+
+
+class SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Log lines that name the worker, the session, its owner's token and the turn."""
+
+    def __init__(self, owned: OwnedSession) -> None:
+        super().__init__(log, {})
+        self.owned = owned
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        o = self.owned
+        session = o.port.session
+        turn = session.turns.active or session.turns.fence
+        extra = {"session": o.session_id, "turn": turn, "worker": o.worker.id}
+        kwargs["extra"] = {**extra, "token": o.lease.token, **kwargs.get("extra", {})}
+        head = f"worker={o.worker.id} session={o.session_id} token={o.lease.token} turn={turn}"
+        return f"{head}: {msg}", kwargs
 
 
 class OwnedSession:
@@ -106,6 +123,7 @@ class OwnedSession:
         self.spec = checkpoint.spec if checkpoint else None
         self.port.listen(self._output)
         self._reader: asyncio.Task[None] | None = None
+        self.log = SessionLog(self)
         #: Set when its checkpoint is refused here: what a worker must read to take it.
         self.needs = ""
 
@@ -122,7 +140,7 @@ class OwnedSession:
             await session.start()
         except SnapshotError as exc:
             self.outcome = "refused"
-            log.error("session %s: its checkpoint is refused here: %s", self.session_id, exc)
+            self.log.error("its checkpoint is refused here: %s", exc)
             if self._snapshot is not None:
                 self.needs = needs_of(self._snapshot.format, self._snapshot.abi)
             return
@@ -152,7 +170,7 @@ class OwnedSession:
                 await self.store.finish(self.lease)
                 await self.store.update(self.session_id, state="ended")
             except StoreUnavailable:
-                log.warning("session %s ended; the store did not hear it", self.session_id)
+                self.log.warning("ended; the store did not hear it")
 
     async def _idle(self, timeout_s: float) -> None:
         """Wait until the writer has written everything queued (or ``timeout_s`` passed)."""
@@ -235,7 +253,7 @@ class OwnedSession:
         try:
             snap = session.snapshot()
         except Exception:
-            log.exception("session %s: snapshot failed", self.session_id)
+            self.log.exception("snapshot failed")
             return
         self._checkpoint = Checkpoint(
             token=self.lease.token,
@@ -276,7 +294,7 @@ class OwnedSession:
                         self.worker.metrics.checkpoints.labels("ok").inc()
                     backoff = 0.05
                 except Fenced:
-                    log.warning("session %s: fenced (a newer owner exists)", self.session_id)
+                    self.log.warning("fenced (a newer owner exists)")
                     self.worker.metrics.lost.inc()
                     self.lose()
                     return
@@ -316,7 +334,7 @@ class OwnedSession:
                 if entries:
                     heard_from = now
                 elif now - heard_from > idle_s:
-                    log.info("session %s: no input for %.0f s: ended", self.session_id, idle_s)
+                    self.log.info("no input for %.0f s: ended", idle_s)
                     await session.close("abandoned")
                     return
             except StoreUnavailable as exc:
@@ -335,7 +353,7 @@ class OwnedSession:
                     event = _CODEC.decode(raw)
                 except DecodeError as exc:
                     session.count_drop("ingress", "?", "undecodable")
-                    log.warning("session %s: undecodable input dropped: %s", self.session_id, exc)
+                    self.log.warning("undecodable input dropped: %s", exc)
                     continue
                 while True:
                     try:
@@ -344,7 +362,7 @@ class OwnedSession:
                     except Overloaded:
                         await session.writable(event.kind)
                     except InvalidInput as exc:
-                        log.info("session %s: input refused: %s", self.session_id, exc)
+                        self.log.info("input refused: %s", exc)
                         break
                     except SessionClosed:
                         return

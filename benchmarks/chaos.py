@@ -1,0 +1,860 @@
+"""Chaos on a real cluster: many live calls, one fault of each kind, counted at the clients.
+
+    python benchmarks/chaos.py                  # 50 calls, 3 workers (about 2 minutes)
+    python benchmarks/chaos.py --quick          # 8 calls: a smoke run
+    python benchmarks/chaos.py --calls 60 --workers 4 --out out/chaos.json
+
+The cluster is :class:`~rspp.cluster.local.ProcessCluster`: a private
+``redis-server``, two dispatchers, ``--workers`` workers and two gateways (g1,
+g2), each its own ``rspp`` process, on the demo pipeline with the test kit's
+fake ASR/LLM/TTS (realistic latency profiles, real time). Every call is the
+Python client (:class:`~rspp.client.Call` with ``reconnect_attempts`` and the
+other gateway as ``fallback_urls``) playing a four-line script
+(:class:`~rspp.client.Caller`), the calls started a little apart; the replies
+are long (about ten seconds each) so that the faults land mid-reply.
+
+While the calls go on, one fault of each kind, several seconds apart so that
+each one's effect can be told apart:
+
+* ``sigkill``  -- SIGKILL of the worker with the most calls mid-reply (a new
+  worker, under a new name, is started once its calls have been taken over);
+* ``sigterm``  -- SIGTERM of the busiest worker: it drains (hands each call over
+  between replies) and must exit 0; a replacement is started at once, as a
+  rolling update would;
+* ``sigstop``  -- SIGSTOP of the busiest worker for ``--stop-s`` (longer than the
+  600 ms lease TTL), then SIGCONT: it wakes owning nothing and must say nothing;
+* ``move``     -- a planned migration (:func:`rspp.cluster.dispatcher.request_move`,
+  what ``rspp sessions move`` does) of a few calls that are mid-reply;
+* ``gateway``  -- SIGKILL of g1: its clients reconnect through g2; g1 is restarted;
+* ``redis``    -- a restart of the Redis server, down for a second.
+
+Everything is counted *at the clients*, from what they received and played
+(:func:`rspp.testing.listening.judge`): calls dropped (the client raised, gave
+up, or the call ended before its script did), user utterances never answered,
+replies whose played words are not their text exactly once (doubled),
+audio frames of an owner older than one already heard (``stale_owner_frames``,
+``call.protocol.stale``). The **pause** of a fault is, for each call it hit
+while a reply was playing, the longest silence inside that reply that began
+before the next fault (and within 5 s); the **takeover** is the time from the
+fault to the first audio frame of the new incarnation (``inc``) at that
+client. The target of a SIGKILL is a pause p95 <= 1 s and max <= 2 s, of a
+planned migration <= 150 ms; every loss count should be zero.
+
+The machine is measured too, because on two shared cores 50 real-time calls
+and a dozen processes compete for the CPU: the client process's event-loop
+lag, the machine's busy share, silences inside replies that no fault explains,
+and failovers or lost leases of workers that no fault hit (a lease that lapsed
+because its owner was starved, not dead).
+
+The last line printed is one JSON object (also written to ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import platform
+import re
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from rspp.client import Call, Caller, Line
+from rspp.cluster.dispatcher import MoveRefused, request_move
+from rspp.cluster.local import ProcessCluster
+from rspp.cluster.redis_store import RedisStore
+from rspp.cluster.store import StoreError
+from rspp.demo import DemoLine, demo_pipeline
+from rspp.testing.audio import speech_like
+from rspp.testing.listening import judge
+from rspp.transports.call.client import BotAudio, Played, Received
+from rspp.transports.call.wire import AudioFormat
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stats import percentile  # (benchmarks/ is on sys.path when a script runs)
+
+__all__ = ["Scenario", "main", "run_chaos", "summary"]
+
+FMT = AudioFormat(sample_rate=16000)  # the pipeline's own rate: nothing is resampled
+#: The kinds of fault, in the order they strike.
+KINDS = ("sigkill", "sigterm", "sigstop", "move", "gateway", "redis")
+#: Kinds that hand a call to a new owner (a new incarnation at the client).
+OWNER_CHANGES = ("sigkill", "sigterm", "sigstop", "move")
+#: A silence longer than this inside a reply, that no fault explains, is noise worth counting.
+NOISE_MS = 100.0
+
+SCRIPT = [
+    DemoLine(
+        "Hello there, can you help me plan a trip?",
+        "Of course, I would be glad to help you plan it. Tell me where you would like to go, "
+        "when you want to leave, how long you can stay, and what kind of trip you enjoy most.",
+    ),
+    DemoLine(
+        "I want to visit the mountains in the summer.",
+        "The mountains in summer are lovely: long days, cool nights and green valleys. "
+        "You could stay in a small village, walk to the lakes in the morning, and take "
+        "the cable car up to the ridge for the views in the evening light.",
+    ),
+    DemoLine(
+        "What should I pack for the hikes?",
+        "Pack good boots, a light rain jacket, a warm layer for the evenings, a hat, sun "
+        "cream and a water bottle. A small first aid kit and a paper map are worth taking "
+        "too, since the phone signal can be weak high up in the valleys.",
+    ),
+    DemoLine(
+        "Thanks, that is very helpful, goodbye.",
+        "You are very welcome. I hope the weather is kind to you and that the trip is "
+        "everything you hoped for. Enjoy the mountains, and have a safe journey home!",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One chaos run: how many calls, how many workers, when the faults strike."""
+
+    calls: int = 50
+    workers: int = 3
+    #: Calls start this far apart (seconds) in all: a wave, not a stampede.
+    stagger_s: float = 5.0
+    #: The first fault strikes this long after the first call started; then one per spacing.
+    first_fault_s: float = 9.0
+    spacing_s: float = 6.0
+    kinds: tuple[str, ...] = KINDS
+    #: How long the SIGSTOP lasts (longer than the 600 ms lease TTL).
+    stop_s: float = 2.0
+    #: How many calls the planned migration moves.
+    moves: int = 5
+    #: How long after a SIGKILL the replacement worker is started.
+    replace_after_s: float = 2.0
+    #: How long g1 stays down after its SIGKILL.
+    gateway_down_s: float = 1.0
+    redis_down_s: float = 1.0
+    #: Lines of :data:`SCRIPT` each call says.
+    lines: int = 4
+    report_every_ms: float = 200.0
+    #: A caller waiting longer than this for a reply gives up (the call counts as dropped).
+    max_wait_s: float = 40.0
+
+    @property
+    def capacity(self) -> int:
+        """Per worker: enough for every call with any one worker down (and more)."""
+        return self.calls
+
+
+# -- what each client heard --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A silence inside reply ``turn`` heard at the client, from ``start`` to ``end`` (loop s)."""
+
+    turn: int
+    start: float
+    end: float
+
+    @property
+    def ms(self) -> float:
+        return (self.end - self.start) * 1000
+
+
+class Watch:
+    """Follows one call's notices: silences inside replies, incarnations, the reply in flight."""
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.gaps: list[Gap] = []
+        #: When audio of each incarnation first arrived (loop time).
+        self.first_audio: dict[int, float] = {}
+        #: The turn whose audio is arriving and whose ``turn.done`` has not.
+        self.receiving = 0
+        self.received_ms = 0.0
+        self._end: dict[int, float] = {}
+        self._bytes_per_s = 2 * FMT.channels * FMT.sample_rate
+        call.on(self._on)
+
+    def _on(self, notice: object) -> None:
+        if isinstance(notice, Played):
+            end = self._end.get(notice.turn)
+            if end is not None and notice.at > end + 0.001:
+                self.gaps.append(Gap(notice.turn, end, notice.at))
+            self._end[notice.turn] = notice.at + len(notice.pcm) / self._bytes_per_s
+        elif isinstance(notice, BotAudio):
+            frame = notice.frame
+            if frame.inc not in self.first_audio:
+                self.first_audio[frame.inc] = asyncio.get_running_loop().time()
+            if (
+                frame.turn != self.receiving
+                and frame.turn > self.call.protocol.playout.cleared_through
+            ):
+                self.receiving, self.received_ms = frame.turn, 0.0
+            self.received_ms += len(frame.pcm) * 1000 / self._bytes_per_s
+        elif isinstance(notice, Received) and notice.event.kind in (
+            "turn.done",
+            "turn.interrupted",
+        ):
+            if notice.event.turn >= self.receiving:
+                self.receiving = 0
+
+    @property
+    def inc(self) -> int:
+        """The newest incarnation heard so far."""
+        last = self.call.protocol.last_pos
+        return last[0] if last is not None else 0
+
+    @property
+    def mid_reply(self) -> bool:
+        return self.receiving != 0
+
+    @property
+    def gateway(self) -> str:
+        """The URL of the gateway the call is (or was last) connected to."""
+        return self.call.url
+
+
+@dataclass
+class CallResult:
+    """One call's outcome, counted at its client."""
+
+    index: int
+    session: str = ""
+    said: int = 0
+    answered: int = 0
+    doubled: list[tuple[int, str, str]] = field(default_factory=list)
+    stale_frames: int = 0
+    reconnects: int = 0
+    incarnations: list[int] = field(default_factory=list)
+    error: str = ""
+    ended_early: bool = False
+    watch: Watch | None = None
+
+    @property
+    def dropped(self) -> bool:
+        return bool(self.error) or self.ended_early
+
+    @property
+    def lost(self) -> int:
+        return max(0, self.said - self.answered)
+
+
+# -- faults ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Fault:
+    """One fault as it struck: what, when (loop time and wall clock), what it hit."""
+
+    kind: str
+    at: float
+    wall: float
+    target: str
+    #: The calls it hit (indices), and of those the ones mid-reply at that instant.
+    hit: list[int] = field(default_factory=list)
+    mid: list[int] = field(default_factory=list)
+    #: Per hit call, the incarnation it had heard before the fault.
+    inc_before: dict[int, int] = field(default_factory=dict)
+    note: str = ""
+    ok: bool = True
+
+
+class Chaos:
+    """The run's shared state: the cluster, the calls, the faults so far."""
+
+    def __init__(self, sc: Scenario, cluster: ProcessCluster, say: Callable[[str], None]) -> None:
+        self.sc = sc
+        self.cluster = cluster
+        self.say = say
+        self.store = RedisStore(cluster.redis_url)
+        self.results = [CallResult(i) for i in range(sc.calls)]
+        self.faults: list[Fault] = []
+        self.workers = [f"w{n + 1}" for n in range(sc.workers)]
+        self.next_worker = sc.workers + 1
+        self.drain_exit: int | None = None
+        self.moves_refused = 0
+        self.hit_workers: dict[str, str] = {}  # name -> the kind of fault that hit it
+        self.t0 = 0.0
+        self.calls_done = asyncio.Event()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def live(self) -> list[tuple[int, Watch]]:
+        """The calls in progress now."""
+        return [
+            (r.index, r.watch)
+            for r in self.results
+            if r.watch is not None and not r.watch.call.ended and not r.error
+        ]
+
+    async def owners(self) -> dict[int, str]:
+        """Who owns each live call now (the store's lease)."""
+        found: dict[int, str] = {}
+        for index, watch in self.live():
+            sid = watch.call.session
+            if sid:
+                with contextlib.suppress(StoreError):
+                    found[index] = (await self.store.lease_of(sid))[0]
+        return found
+
+    async def busiest(self, exclude: tuple[str, ...] = ()) -> tuple[str, dict[int, str]]:
+        """The live worker with the most calls mid-reply (then the most calls)."""
+        owners = await self.owners()
+        watches = dict(self.live())
+
+        def score(w: str) -> tuple[int, int]:
+            mine = [i for i, o in owners.items() if o == w]
+            return sum(watches[i].mid_reply for i in mine if i in watches), len(mine)
+
+        skip = (*exclude, *self.hit_workers)
+        candidates = [w for w in self.workers if w not in skip and self.cluster.alive(w)]
+        return max(candidates, key=score), owners
+
+    def strike(self, kind: str, target: str, hit: list[int], note: str = "") -> Fault:
+        """Record the fault at this instant (call it right before the signal)."""
+        watches = dict(self.live())
+        fault = Fault(
+            kind,
+            asyncio.get_running_loop().time(),
+            time.time(),
+            target,
+            hit=hit,
+            mid=[i for i in hit if i in watches and watches[i].mid_reply],
+            inc_before={i: watches[i].inc for i in hit if i in watches},
+            note=note,
+        )
+        self.faults.append(fault)
+        self.say(
+            f"[{fault.at - self.t0:5.1f} s] {kind} {target}: {len(hit)} calls hit,"
+            f" {len(fault.mid)} mid-reply {note}".rstrip()
+        )
+        return fault
+
+    async def add_worker(self) -> str:
+        name = f"w{self.next_worker}"
+        self.next_worker += 1
+        self.cluster.worker(name, capacity=self.sc.capacity)
+        self.workers.append(name)
+        await asyncio.to_thread(self.cluster.wait_ready, name)
+        self.say(f"[{self.now():5.1f} s] {name} ready")
+        return name
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time() - self.t0
+
+    # -- the faults ----------------------------------------------------------------------------
+
+    async def sigkill(self) -> None:
+        target, owners = await self.busiest()
+        self.hit_workers[target] = "sigkill"
+        self.strike("sigkill", target, [i for i, o in owners.items() if o == target])
+        self.cluster.signal(target, signal.SIGKILL)
+        await asyncio.to_thread(self.cluster.wait, target, 10.0)
+        await asyncio.sleep(self.sc.replace_after_s)
+        await self.add_worker()
+
+    async def sigterm(self, tg: asyncio.TaskGroup) -> None:
+        target, owners = await self.busiest()
+        self.hit_workers[target] = "sigterm"
+        self.strike("sigterm", target, [i for i, o in owners.items() if o == target])
+        self.cluster.signal(target, signal.SIGTERM)
+
+        async def exits() -> None:
+            try:
+                self.drain_exit = await asyncio.to_thread(self.cluster.wait, target, 40.0)
+            except Exception as exc:  # a drain that does not end is a failure, not a crash
+                self.say(f"{target} did not exit after SIGTERM: {exc!r}")
+                self.drain_exit = -1
+            self.say(f"[{self.now():5.1f} s] {target} exited with {self.drain_exit}")
+
+        tg.create_task(exits())
+        await self.add_worker()  # a rolling update: the new pod comes up as the old one drains
+
+    async def sigstop(self) -> None:
+        target, owners = await self.busiest()
+        self.hit_workers[target] = "sigstop"
+        self.strike("sigstop", target, [i for i, o in owners.items() if o == target])
+        self.cluster.signal(target, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(self.sc.stop_s)
+        finally:
+            self.cluster.signal(target, signal.SIGCONT)
+        self.say(f"[{self.now():5.1f} s] {target} continued")
+
+    async def move(self) -> None:
+        owners = await self.owners()
+        live = [w for w in self.workers if self.cluster.alive(w) and w not in self.hit_workers]
+        watches = dict(self.live())
+        # Calls early in a reply, so that the move lands mid-reply with audio still to come.
+        early = sorted(
+            (i for i, w in watches.items() if w.mid_reply and 200.0 <= w.received_ms <= 4000.0),
+            key=lambda i: watches[i].received_ms,
+        )
+        chosen = [i for i in early if owners.get(i) in live][: self.sc.moves]
+        if not chosen:
+            chosen = [i for i, w in watches.items() if owners.get(i) in live][: self.sc.moves]
+        targets = {i: next(w for w in live if w != owners[i]) for i in chosen if len(live) > 1}
+        fault = self.strike("move", "->".join(sorted(set(targets.values()))), list(targets))
+        for i, to in targets.items():
+            try:
+                await request_move(self.store, watches[i].call.session, to)
+            except MoveRefused as exc:
+                self.moves_refused += 1
+                fault.ok = False
+                fault.note += f" refused: {exc}"
+                self.say(f"move of call {i} refused: {exc}")
+
+    async def gateway(self) -> None:
+        url = self.cluster.url("g1")
+        hit = [i for i, w in self.live() if w.gateway == url]
+        self.strike("gateway", "g1", hit)
+        self.cluster.signal("g1", signal.SIGKILL)
+        await asyncio.to_thread(self.cluster.wait, "g1", 10.0)
+        await asyncio.sleep(self.sc.gateway_down_s)
+        self.cluster.gateway("g1", port=self.cluster.ports["g1"])
+        await asyncio.to_thread(self.cluster.wait_ready, "g1")
+        self.say(f"[{self.now():5.1f} s] g1 back")
+
+    async def redis(self) -> None:
+        server = self.cluster.redis
+        assert server is not None
+        self.strike("redis", "redis", [i for i, _ in self.live()])
+        await asyncio.to_thread(server.restart, self.sc.redis_down_s)
+        self.say(f"[{self.now():5.1f} s] redis back")
+
+    async def schedule(self, tg: asyncio.TaskGroup) -> None:
+        """Strike each kind at its time (later if the one before is not done yet)."""
+        for n, kind in enumerate(self.sc.kinds):
+            due = self.t0 + self.sc.first_fault_s + n * self.sc.spacing_s
+            await asyncio.sleep(max(0.0, due - asyncio.get_running_loop().time()))
+            if self.calls_done.is_set():
+                self.say(f"no calls left for {kind}: not struck")
+                continue
+            try:
+                if kind == "sigterm":
+                    await self.sigterm(tg)
+                else:
+                    await getattr(self, kind)()
+            except Exception as exc:  # noted in the report; the calls go on
+                self.say(f"fault {kind} failed: {exc!r}")
+                if self.faults and self.faults[-1].kind == kind:
+                    self.faults[-1].ok = False
+                    self.faults[-1].note += f" failed: {exc!r}"
+
+    # -- the calls -----------------------------------------------------------------------------
+
+    async def one_call(self, index: int, lines: list[Line]) -> None:
+        sc, cluster, result = self.sc, self.cluster, self.results[index]
+        await asyncio.sleep(index * sc.stagger_s / max(1, sc.calls))
+        first, other = ("g1", "g2") if index % 2 == 0 else ("g2", "g1")
+        try:
+            async with Call.connect(
+                cluster.url(first),
+                token=cluster.token,
+                input=FMT,
+                output=FMT,
+                report_every_ms=sc.report_every_ms,
+                reconnect_attempts=12,
+                fallback_urls=[cluster.url(other)],
+            ) as call:
+                result.session = call.session
+                result.watch = Watch(call)
+                caller = Caller(call, lines, max_wait_s=sc.max_wait_s)
+                try:
+                    await caller.play()
+                finally:
+                    result.said = len(caller.spoken)
+                result.ended_early = call.ended
+            verdict = judge(call, said=result.said)
+            result.answered = verdict.answered
+            result.doubled = verdict.doubled
+            result.stale_frames = verdict.stale_frames
+            result.reconnects = call.reconnects
+        except Exception as exc:  # a call that could not go on: counted, not raised
+            result.error = f"{type(exc).__name__}: {exc}"
+            watch = result.watch
+            if watch is not None:
+                result.stale_frames = watch.call.protocol.stale
+        if result.watch is not None:
+            result.incarnations = sorted(result.watch.first_audio)
+
+
+# -- measuring the machine ---------------------------------------------------------------------
+
+
+def _cpu_times() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        parts = [float(x) for x in f.readline().split()[1:]]
+    idle = parts[3] + (parts[4] if len(parts) > 4 else 0.0)
+    return sum(parts) - idle, sum(parts)
+
+
+class Machine:
+    """The machine's busy share (per second) and this process's event-loop lag."""
+
+    def __init__(self) -> None:
+        self.busy: list[float] = []
+        self.lag_ms: list[float] = []
+        self._start = _cpu_times()
+
+    async def watch_cpu(self) -> None:
+        last = _cpu_times()
+        while True:
+            await asyncio.sleep(1.0)
+            now = _cpu_times()
+            if now[1] > last[1]:
+                self.busy.append((now[0] - last[0]) / (now[1] - last[1]))
+            last = now
+
+    async def watch_loop(self, every_s: float = 0.01) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + every_s
+            await asyncio.sleep(every_s)
+            self.lag_ms.append(max(0.0, (loop.time() - due) * 1000))
+
+    def overall_busy(self) -> float:
+        now = _cpu_times()
+        return (now[0] - self._start[0]) / max(1.0, now[1] - self._start[1])
+
+
+# -- the verdict -------------------------------------------------------------------------------
+
+
+def _stats(values: list[float]) -> dict[str, float | int | None]:
+    if not values:
+        return {"n": 0, "p50": None, "p95": None, "max": None}
+    return {
+        "n": len(values),
+        "p50": round(percentile(values, 0.50), 1),
+        "p95": round(percentile(values, 0.95), 1),
+        "max": round(max(values), 1),
+    }
+
+
+def _attributed(chaos: Chaos) -> tuple[dict[str, dict[str, Any]], list[float]]:
+    """Per fault kind: the pauses and takeovers of the calls it hit; and the unexplained gaps."""
+    faults = sorted(chaos.faults, key=lambda f: f.at)
+    windows: list[tuple[Fault, float]] = []
+    for n, f in enumerate(faults):
+        until = faults[n + 1].at if n + 1 < len(faults) else f.at + 5.0
+        windows.append((f, min(until, f.at + 5.0)))
+    explained: set[tuple[int, int]] = set()  # (call, gap number) inside some fault's window
+    per: dict[str, dict[str, Any]] = {}
+    for f, until in windows:
+        pauses: list[float] = []
+        takeovers: list[float] = []
+        for i in f.mid:
+            watch = chaos.results[i].watch
+            if watch is None:
+                continue
+            mine = [
+                (n, g) for n, g in enumerate(watch.gaps) if g.end > f.at - 0.1 and g.start < until
+            ]
+            explained.update((i, n) for n, _ in mine)
+            pauses.append(max((g.ms for _, g in mine), default=0.0))
+            if f.kind in OWNER_CHANGES:
+                before = f.inc_before.get(i, 0)
+                newer = [t for inc, t in watch.first_audio.items() if inc > before and t >= f.at]
+                if newer:
+                    takeovers.append((min(newer) - f.at) * 1000)
+        # Calls hit that were not mid-reply hear no pause inside a reply; their gaps (if a
+        # reply started meanwhile) are the fault's too, not noise.
+        for i in set(f.hit) - set(f.mid):
+            watch = chaos.results[i].watch
+            if watch is not None:
+                explained.update(
+                    (i, n)
+                    for n, g in enumerate(watch.gaps)
+                    if g.end > f.at - 0.1 and g.start < until
+                )
+        per.setdefault(f.kind, {"faults": 0, "hit": 0, "mid_reply": 0, "pauses": [], "tk": []})
+        entry = per[f.kind]
+        entry["faults"] += 1
+        entry["hit"] += len(f.hit)
+        entry["mid_reply"] += len(f.mid)
+        entry["pauses"] += pauses
+        entry["tk"] += takeovers
+    noise = [
+        g.ms
+        for r in chaos.results
+        if r.watch is not None
+        for n, g in enumerate(r.watch.gaps)
+        if (r.index, n) not in explained
+    ]
+    out = {
+        kind: {
+            "faults": e["faults"],
+            "calls_hit": e["hit"],
+            "mid_reply": e["mid_reply"],
+            "pause_ms": _stats(e["pauses"]),
+            "takeover_ms": _stats(e["tk"]),
+        }
+        for kind, e in per.items()
+    }
+    return out, noise
+
+
+_FAILOVER = re.compile(r"dispatcher \S+: (\w+) lost its owner (\S+)")
+_LOST = re.compile(r"worker (\S+): lease of (\w+) lost|session (\w+): fenced")
+
+
+def _logs(chaos: Chaos) -> dict[str, Any]:
+    """Failovers and lost leases, from the roles' logs: are they all explained by a fault?"""
+    cluster = chaos.cluster
+    failovers = [
+        m.groups()
+        for name in cluster.procs
+        if name.startswith("d")
+        for m in _FAILOVER.finditer(cluster.log(name))
+    ]
+    lost: dict[str, int] = {}
+    for name in cluster.procs:
+        if name.startswith("w"):
+            n = len(_LOST.findall(cluster.log(name)))
+            if n:
+                lost[name] = n
+    hit = {w for w, kind in chaos.hit_workers.items() if kind in ("sigkill", "sigstop")}
+    return {
+        "failovers": len(failovers),
+        "failovers_unexplained": sum(owner not in hit for _, owner in failovers),
+        "leases_lost_logged": lost,
+        "leases_lost_unexplained": sum(n for w, n in lost.items() if w not in hit),
+    }
+
+
+def _unexplained_incarnations(chaos: Chaos) -> int:
+    """New incarnations heard by calls that no owner-changing fault hit at the time."""
+    changes: dict[int, int] = {}
+    for f in chaos.faults:
+        if f.kind in OWNER_CHANGES:
+            for i in f.hit:
+                changes[i] = changes.get(i, 0) + 1
+    extra = 0
+    for r in chaos.results:
+        # The first incarnation is the call's placement; each later one needs a fault.
+        extra += max(0, len(r.incarnations) - 1 - changes.get(r.index, 0))
+    return extra
+
+
+def summary(chaos: Chaos, machine: Machine | None, wall_s: float) -> dict[str, Any]:
+    """Everything the run came to, as the final JSON line says it."""
+    results = chaos.results
+    per, noise = _attributed(chaos)
+    kill = per.get("sigkill", {})
+    move = per.get("move", {})
+    logs = _logs(chaos)
+    out: dict[str, Any] = {
+        "benchmark": "chaos",
+        "calls": len(results),
+        "workers": chaos.sc.workers,
+        "faults": {
+            "count": len(chaos.faults),
+            **{k: sum(f.kind == k for f in chaos.faults) for k in chaos.sc.kinds},
+        },
+        "faults_failed": [f"{f.kind}: {f.note.strip()}" for f in chaos.faults if not f.ok],
+        "calls_dropped": sum(r.dropped for r in results),
+        "utterances_lost": sum(r.lost for r in results),
+        "replies_doubled": sum(len(r.doubled) for r in results),
+        "stale_owner_frames": sum(r.stale_frames for r in results),
+        "pause_ms_p50": kill.get("pause_ms", {}).get("p50"),
+        "pause_ms_p95": kill.get("pause_ms", {}).get("p95"),
+        "pause_ms_max": kill.get("pause_ms", {}).get("max"),
+        "migration_pause_ms_p50": move.get("pause_ms", {}).get("p50"),
+        "migration_pause_ms_max": move.get("pause_ms", {}).get("max"),
+        "takeover_ms_p50": kill.get("takeover_ms", {}).get("p50"),
+        "takeover_ms_p95": kill.get("takeover_ms", {}).get("p95"),
+        "takeover_ms_max": kill.get("takeover_ms", {}).get("max"),
+        "per_fault": per,
+        "drain_exit_code": chaos.drain_exit,
+        "moves_refused": chaos.moves_refused,
+        "reconnects": sum(r.reconnects for r in results),
+        "unexplained_incarnations": _unexplained_incarnations(chaos),
+        **logs,
+        "noise_gaps_over_100ms": sum(g > NOISE_MS for g in noise),
+        "noise_gap_ms_max": round(max(noise, default=0.0), 1),
+    }
+    if machine is not None:
+        lag = machine.lag_ms
+        out["client_loop_lag_ms"] = {
+            "p50": round(percentile(lag, 0.5), 1) if lag else None,
+            "p99": round(percentile(lag, 0.99), 1) if lag else None,
+            "max": round(max(lag), 1) if lag else None,
+        }
+        out["cpu_busy"] = round(machine.overall_busy(), 3)
+        out["cpu_busy_max_1s"] = round(max(machine.busy, default=0.0), 3)
+    targets = {
+        "zero_losses": all(
+            out[k] == 0
+            for k in ("calls_dropped", "utterances_lost", "replies_doubled", "stale_owner_frames")
+        ),
+        "kill_pause_p95_le_1000": _le(out["pause_ms_p95"], 1000.0),
+        "kill_pause_max_le_2000": _le(out["pause_ms_max"], 2000.0),
+        "migration_pause_max_le_150": _le(out["migration_pause_ms_max"], 150.0),
+    }
+    out["targets"] = targets
+    out["targets_met"] = all(targets.values())
+    out["errors"] = sorted({r.error for r in results if r.error})[:5]
+    out["wall_s"] = round(wall_s, 1)
+    out["machine"] = (
+        f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()},"
+        f" Python {platform.python_version()}"
+    )
+    out["date"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return out
+
+
+def _le(value: float | None, limit: float) -> bool:
+    return value is not None and value <= limit
+
+
+# -- running it --------------------------------------------------------------------------------
+
+
+def script_lines(n: int) -> tuple[list[DemoLine], list[Line]]:
+    """The first ``n`` lines of the script: what the fakes are told, and what the callers say."""
+    demo = SCRIPT[:n]
+    return demo, [Line(d.user, speech_like(900.0, 16000, seed=k), None) for k, d in enumerate(demo)]
+
+
+@contextlib.contextmanager
+def chaos_cluster(sc: Scenario, log_dir: Path | None = None) -> Iterator[ProcessCluster]:
+    """The cluster of a run, ready: 2 dispatchers, the workers, g1 and g2 (stopped after)."""
+    demo, _ = script_lines(sc.lines)
+    spec_dir = Path(tempfile.mkdtemp(prefix="rspp-chaos-"))
+    spec = spec_dir / "chaos.yaml"
+    spec.write_bytes(msgspec.yaml.encode(demo_pipeline(demo).spec))
+    with ProcessCluster([str(spec), "--lead-ms", "60"], log_dir=log_dir) as cluster:
+        cluster.dispatcher("d1")
+        cluster.dispatcher("d2")
+        names = [f"w{n + 1}" for n in range(sc.workers)]
+        for name in names:
+            cluster.worker(name, capacity=sc.capacity)
+        cluster.gateway("g1")
+        cluster.gateway("g2")
+        cluster.wait_ready(*names, "g1", "g2", timeout_s=120)
+        yield cluster
+
+
+async def run_chaos(
+    sc: Scenario, cluster: ProcessCluster, say: Callable[[str], None] = print
+) -> tuple[Chaos, Machine]:
+    """The calls and the faults, on a ready cluster (:func:`chaos_cluster`)."""
+    _, lines = script_lines(sc.lines)
+    chaos = Chaos(sc, cluster, say)
+    machine = Machine()
+    loop = asyncio.get_running_loop()
+    chaos.t0 = loop.time()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            watchers = [tg.create_task(machine.watch_cpu()), tg.create_task(machine.watch_loop())]
+            scheduler = tg.create_task(chaos.schedule(tg))
+            calls = [tg.create_task(chaos.one_call(i, lines)) for i in range(sc.calls)]
+            await asyncio.gather(*calls)
+            chaos.calls_done.set()
+            await scheduler
+            for task in watchers:
+                task.cancel()
+    finally:
+        with contextlib.suppress(Exception):
+            await chaos.store.close()
+    return chaos, machine
+
+
+def _print_summary(out: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"chaos: {out['calls']} calls, {out['faults']['count']} faults")
+    for column in ("fault", "calls hit", "mid-reply", "pause p50", "p95", "max", "takeover p50"):
+        table.add_column(column, justify="left" if column == "fault" else "right")
+    table.add_column("p95", justify="right")
+    for kind, e in out["per_fault"].items():
+        p, t = e["pause_ms"], e["takeover_ms"]
+        table.add_row(
+            kind,
+            str(e["calls_hit"]),
+            str(e["mid_reply"]),
+            *(_ms(p[k]) for k in ("p50", "p95", "max")),
+            _ms(t["p50"]),
+            _ms(t["p95"]),
+        )
+    console.print(table)
+    losses = Table(title="counted at the clients (target: all zero)")
+    for column in ("calls dropped", "utterances lost", "replies doubled", "stale frames"):
+        losses.add_column(column, justify="right")
+    losses.add_row(
+        *(
+            str(out[k])
+            for k in ("calls_dropped", "utterances_lost", "replies_doubled", "stale_owner_frames")
+        )
+    )
+    console.print(losses)
+    lag = out.get("client_loop_lag_ms", {})
+    console.print(
+        f"machine: cpu busy {out.get('cpu_busy', 0):.0%} (max 1 s: {out.get('cpu_busy_max_1s', 0):.0%}),"
+        f" client loop lag p50/p99/max {lag.get('p50')}/{lag.get('p99')}/{lag.get('max')} ms;"
+        f" gaps no fault explains > {NOISE_MS:.0f} ms: {out['noise_gaps_over_100ms']}"
+        f" (max {out['noise_gap_ms_max']} ms); failovers {out['failovers']}"
+        f" (unexplained {out['failovers_unexplained']}), lost leases unexplained"
+        f" {out['leases_lost_unexplained']}, new incarnations unexplained"
+        f" {out['unexplained_incarnations']}; drain exit {out['drain_exit_code']}"
+    )
+    console.print(
+        "targets: "
+        + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in out["targets"].items())
+    )
+    if out["errors"]:
+        console.print(f"errors: {out['errors']}")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=50, help="concurrent calls (default 50)")
+    parser.add_argument("--workers", type=int, default=3, help="workers at the start (>= 3)")
+    parser.add_argument("--quick", action="store_true", help="a small run: 8 calls")
+    parser.add_argument("--out", type=Path, help="also write the final JSON here")
+    parser.add_argument("--log-dir", type=Path, help="the roles' logs (default: a temp dir)")
+    args = parser.parse_args(argv)
+    if args.workers < 3:
+        parser.error("--workers must be at least 3 (one is killed, one drained, one paused)")
+    calls = 8 if args.quick and args.calls == 50 else args.calls
+    sc = Scenario(calls=calls, workers=args.workers, moves=min(5, max(1, calls // 8)))
+
+    started = time.monotonic()
+    with chaos_cluster(sc, args.log_dir) as cluster:
+        print(
+            f"cluster up in {time.monotonic() - started:.1f} s (logs in {cluster.log_dir});"
+            f" {sc.calls} calls, faults from {sc.first_fault_s:.0f} s every {sc.spacing_s:.0f} s",
+            flush=True,
+        )
+        began = time.monotonic()
+        chaos, machine = asyncio.run(run_chaos(sc, cluster, lambda s: print(s, flush=True)))
+        out = summary(chaos, machine, time.monotonic() - began)
+    out["wall_s_total"] = round(time.monotonic() - started, 1)
+    _print_summary(out)
+    line = json.dumps(out, separators=(",", ":"))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
