@@ -59,20 +59,22 @@ def test_a_worker_is_ready_only_when_loaded_reachable_and_not_draining() -> None
     async def body() -> None:
         async with cluster(MemoryStore(), SCRIPT, workers=1) as c:
             worker = c.workers["w1"]
-            async with serving(_worker_app(worker), direct=False) as address:
-                async with httpx.AsyncClient(base_url=f"http://{address}") as http:
-                    assert (await http.get("/readyz")).status_code == 200
-                    metrics = (await http.get("/metrics")).text
-                    for name in (
-                        "rspp_worker_sessions",
-                        "rspp_lease_renewals_total",
-                        "rspp_takeovers_total",
-                        "rspp_store_latency_ms_bucket",
-                    ):
-                        assert name in metrics
-                    worker.drain()
-                    drained = await http.get("/readyz")
-                    assert drained.status_code == 503 and drained.text == "draining"
-                    assert (await http.get("/healthz")).status_code == 200
+            async with (
+                serving(_worker_app(worker), direct=False) as address,
+                httpx.AsyncClient(base_url=f"http://{address}") as http,
+            ):
+                assert (await http.get("/readyz")).status_code == 200
+                metrics = (await http.get("/metrics")).text
+                for name in (
+                    "rspp_worker_sessions",
+                    "rspp_lease_renewals_total",
+                    "rspp_takeovers_total",
+                    "rspp_store_latency_ms_bucket",
+                ):
+                    assert name in metrics
+                worker.drain()
+                drained = await http.get("/readyz")
+                assert drained.status_code == 503 and drained.text == "draining"
+                assert (await http.get("/healthz")).status_code == 200
 
     run(body)
