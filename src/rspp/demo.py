@@ -12,6 +12,8 @@ run.
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -19,9 +21,9 @@ from typing import Any
 
 from rspp.kernel import Pipeline, build, load_spec
 from rspp.report import Recorder, SessionReport, report
-from rspp.testing import ScriptedCaller, Utterance, VirtualClock
+from rspp.testing import RecordingSink, ScriptedCaller, Utterance, VirtualClock
 
-__all__ = ["DEMO_SCRIPT", "DemoLine", "demo_pipeline", "run_demo"]
+__all__ = ["DEMO_SCRIPT", "DemoLine", "caller_script", "demo_pipeline", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -35,9 +37,13 @@ class DemoLine:
     partial: str | None = None
     #: The caller hesitates after this many words (two speech segments, one transcript).
     hesitate_after_words: int | None = None
+    #: The words of each speech segment, when a recording has several (caller_script).
+    segments: tuple[str, ...] = ()
 
     def asr_lines(self) -> list[dict[str, str | None]]:
         """What the fake ASR hears: one line per speech segment."""
+        if len(self.segments) > 1:
+            return [{"text": words, "partial": None} for words in self.segments]
         if not self.hesitate_after_words:
             return [{"text": self.user, "partial": self.partial}]
         words = self.user.split()
@@ -80,6 +86,78 @@ DEMO_SCRIPT: list[DemoLine] = [
         partial="Great, thank you. Good night",
     ),
 ]
+
+
+#: What the fake LLM answers to each of the demo caller's recordings (``caller_script``).
+CALLER_REPLIES = {
+    "hello": "Hello! I am a demo voice agent running on the RSPP kernel.",
+    "weather": "Spring in Paris is mild, with days around fifteen to twenty degrees, "
+    "blossoming chestnut trees along the boulevards, and some showers, so bring a light "
+    "coat. The evenings are long and cool, perfect for a walk by the Seine.",
+    "barge": "No problem. In London expect showers and about twelve degrees.",
+    "thanks": "You are welcome. Goodbye!",
+}
+
+
+@functools.cache
+def caller_script() -> list[DemoLine]:
+    """The demo caller's recordings (``rspp call --script demo``) as the fakes' script.
+
+    The fake ASR "hears" one line per speech segment, and the demo pipeline's VAD
+    finds several segments in some recordings (a pause at a comma), so each
+    recording's words are spread over the segments the VAD finds in it -- found by
+    running the VAD over the recording (virtual time) -- and a ``--fake`` server
+    answers the demo caller line by line, as the real agent does.
+    """
+    from rspp.agent import demo_script
+
+    return [
+        DemoLine(
+            u.text,
+            CALLER_REPLIES.get(u.name, "I see."),
+            barge_in_after_ms=u.barge_in_after_ms,
+            segments=_spread(u.text, _segments(u.audio)),
+        )
+        for u in demo_script()
+    ]
+
+
+def _segments(pcm: bytes) -> int:
+    """Speech segments the demo pipeline's VAD finds in ``pcm`` (16 kHz PCM16)."""
+    from rspp.events import AudioIn
+
+    ends = 0
+
+    def seen(event: Any) -> None:
+        nonlocal ends
+        ends += event.kind == "vad.speech_end"
+
+    async def run() -> None:
+        async with demo_pipeline([]).session("count", sinks={"client": RecordingSink()}) as session:
+            session.observe(seen)
+            data = pcm + bytes(32000)  # and a second of silence
+            for i in range(0, len(data) - 639, 640):
+                session.push(AudioIn(pcm=data[i : i + 640]))
+                await asyncio.sleep(0.02)
+
+    VirtualClock(start=1.0).run(run())
+    return max(1, ends)
+
+
+def _spread(text: str, n: int) -> tuple[str, ...]:
+    """``text``'s words over ``n`` segments: cut where people pause (after a full stop,
+    then after a comma), else as evenly as the words go."""
+    words = text.split()
+    n = min(n, len(words))
+    if n <= 1:
+        return ()
+    stops = [i + 1 for i, w in enumerate(words[:-1]) if w[-1] in ".?!;:"]
+    commas = [i + 1 for i, w in enumerate(words[:-1]) if w[-1] == ","]
+    cuts = sorted((stops + commas)[: n - 1])
+    if len(cuts) < n - 1:
+        cuts = [round(i * len(words) / n) for i in range(1, n)]
+    bounds = [0, *cuts, len(words)]
+    return tuple(" ".join(words[lo:hi]) for lo, hi in itertools.pairwise(bounds))
 
 
 def demo_pipeline(script: list[DemoLine] = DEMO_SCRIPT, **overrides: Any) -> Pipeline:

@@ -74,9 +74,9 @@ def load_pipelines(args: argparse.Namespace, command: str) -> dict[str, Pipeline
     pipelines: dict[str, Pipeline] = {}
     try:
         if args.fake:
-            from rspp.demo import demo_pipeline
+            from rspp.demo import caller_script, demo_pipeline
 
-            fake = demo_pipeline()
+            fake = demo_pipeline(caller_script())  # it answers `rspp call --script demo`
             pipelines[fake.name] = build(with_lead(fake.spec, args.lead_ms))
         from rspp.agent import LOCAL_SPEC
 
