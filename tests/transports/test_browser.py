@@ -310,8 +310,37 @@ INTERRUPT_WHEN_BUFFERED = """
 """
 
 
-def test_a_barge_in_empties_the_page_playback_buffer_at_once(tmp_path: Path) -> None:
-    """Talk, let the bot talk, talk over it; then stop it from the page: silence, at once."""
+@contextlib.contextmanager
+def demo_server(where: str, tmp_path: Path, script: list[DemoLine]) -> Iterator[str]:
+    """The fake demo agent behind ``rspp serve`` (``local``) or a cluster's gateway."""
+    pipeline = build(with_lead(demo_pipeline(script).spec, 60.0))
+    if where == "local":
+        app = create_app(LocalHost({"demo": pipeline}), auth=Auth(static_token=TOKEN))
+        with served(app) as address:
+            yield address
+        return
+    import msgspec
+
+    from rspp.cluster.local import ProcessCluster
+
+    spec = tmp_path / "demo.yaml"
+    spec.write_bytes(msgspec.yaml.encode(pipeline.spec))
+    with ProcessCluster([str(spec)], env={**os.environ, "RSPP_TOKEN": TOKEN}) as cluster:
+        cluster.dispatcher("d1")
+        cluster.worker("w1")
+        cluster.worker("w2")
+        cluster.gateway("g1")
+        cluster.wait_ready("w1", "w2", "g1")
+        yield f"127.0.0.1:{cluster.ports['g1']}"
+
+
+@pytest.mark.parametrize("where", ["local", "cluster"])
+def test_a_barge_in_empties_the_page_playback_buffer_at_once(tmp_path: Path, where: str) -> None:
+    """Talk, let the bot talk, talk over it; then stop it from the page: silence, at once.
+
+    The same page against ``rspp serve`` and against a cluster's gateway (a private
+    Redis, a dispatcher, two workers and a gateway as processes).
+    """
     capture = wav_bytes(
         silence(1000, RATE)
         + speech_like(1500, RATE, seed=1)
@@ -320,9 +349,10 @@ def test_a_barge_in_empties_the_page_playback_buffer_at_once(tmp_path: Path) -> 
         + silence(9000, RATE),
         RATE,
     )
-    host = LocalHost({"demo": build(with_lead(demo_pipeline([FIRST, SECOND]).spec, 60.0))})
-    app = create_app(host, auth=Auth(static_token=TOKEN))
-    with served(app) as address, chromium(tmp_path, capture) as context:
+    with (
+        demo_server(where, tmp_path, [FIRST, SECOND]) as address,
+        chromium(tmp_path, capture) as context,
+    ):
         page, errors = open_page(context, address)
         page.click("#call")
         wait_for(page, lambda s: s["state"] == "in-call", 10, "the call to open")
