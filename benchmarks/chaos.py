@@ -91,6 +91,9 @@ FMT = AudioFormat(sample_rate=16000)  # the pipeline's own rate: nothing is resa
 KINDS = ("sigkill", "sigterm", "sigstop", "move", "gateway", "redis")
 #: Kinds that hand a call to a new owner (a new incarnation at the client).
 OWNER_CHANGES = ("sigkill", "sigterm", "sigstop", "move")
+#: Kinds whose takeover is timed (a drain hands calls over between replies: nothing to time).
+TIMED = ("sigkill", "sigstop", "move")
+_ENDS = frozenset({"turn.done", "turn.interrupted"})
 #: A silence longer than this inside a reply, that no fault explains, is noise worth counting.
 NOISE_MS = 100.0
 
@@ -180,11 +183,18 @@ class Watch:
         #: The turn whose audio is arriving and whose ``turn.done`` has not.
         self.receiving = 0
         self.received_ms = 0.0
+        #: When stale frames arrived (loop time, how many since the last notice).
+        self.stale_at: list[tuple[float, int]] = []
+        self._stale = 0
         self._end: dict[int, float] = {}
         self._bytes_per_s = 2 * FMT.channels * FMT.sample_rate
         call.on(self._on)
 
     def _on(self, notice: object) -> None:
+        stale = self.call.protocol.stale
+        if stale != self._stale:
+            self.stale_at.append((asyncio.get_running_loop().time(), stale - self._stale))
+            self._stale = stale
         if isinstance(notice, Played):
             end = self._end.get(notice.turn)
             if end is not None and notice.at > end + 0.001:
@@ -200,12 +210,17 @@ class Watch:
             ):
                 self.receiving, self.received_ms = frame.turn, 0.0
             self.received_ms += len(frame.pcm) * 1000 / self._bytes_per_s
-        elif isinstance(notice, Received) and notice.event.kind in (
-            "turn.done",
-            "turn.interrupted",
+        elif (
+            isinstance(notice, Received)
+            and notice.event.kind in _ENDS
+            and notice.event.turn >= self.receiving
         ):
-            if notice.event.turn >= self.receiving:
-                self.receiving = 0
+            self.receiving = 0
+
+    @property
+    def last_played(self) -> dict[int, float]:
+        """Per turn, when its audio last stopped playing (loop time)."""
+        return self._end
 
     @property
     def inc(self) -> int:
@@ -563,7 +578,7 @@ def _attributed(chaos: Chaos) -> tuple[dict[str, dict[str, Any]], list[float]]:
             ]
             explained.update((i, n) for n, _ in mine)
             pauses.append(max((g.ms for _, g in mine), default=0.0))
-            if f.kind in OWNER_CHANGES:
+            if f.kind in TIMED:
                 before = f.inc_before.get(i, 0)
                 newer = [t for inc, t in watch.first_audio.items() if inc > before and t >= f.at]
                 if newer:
@@ -578,13 +593,32 @@ def _attributed(chaos: Chaos) -> tuple[dict[str, dict[str, Any]], list[float]]:
                     for n, g in enumerate(watch.gaps)
                     if g.end > f.at - 0.1 and g.start < until
                 )
-        per.setdefault(f.kind, {"faults": 0, "hit": 0, "mid_reply": 0, "pauses": [], "tk": []})
+        stale = sum(
+            n
+            for r in chaos.results
+            if r.watch is not None
+            for t, n in r.watch.stale_at
+            if f.at <= t < until
+        )
+        doubled = sum(
+            1
+            for r in chaos.results
+            if r.watch is not None
+            for turn, _, _ in r.doubled
+            if _reply_span(r.watch, turn)[0] - 0.5 <= f.at <= _reply_span(r.watch, turn)[1]
+        )
+        per.setdefault(
+            f.kind,
+            {"faults": 0, "hit": 0, "mid_reply": 0, "pauses": [], "tk": [], "stale": 0, "dbl": 0},
+        )
         entry = per[f.kind]
         entry["faults"] += 1
         entry["hit"] += len(f.hit)
         entry["mid_reply"] += len(f.mid)
         entry["pauses"] += pauses
         entry["tk"] += takeovers
+        entry["stale"] += stale
+        entry["dbl"] += doubled
     noise = [
         g.ms
         for r in chaos.results
@@ -599,10 +633,66 @@ def _attributed(chaos: Chaos) -> tuple[dict[str, dict[str, Any]], list[float]]:
             "mid_reply": e["mid_reply"],
             "pause_ms": _stats(e["pauses"]),
             "takeover_ms": _stats(e["tk"]),
+            "stale_frames": e["stale"],
+            "replies_doubled": e["dbl"],
         }
         for kind, e in per.items()
     }
     return out, noise
+
+
+def _reply_span(watch: Watch, turn: int) -> tuple[float, float]:
+    """When reply ``turn`` began and ended playing at the client (loop time)."""
+    record = watch.call.record.turns.get(turn)
+    start = record.started_at if record is not None and record.started_at is not None else 0.0
+    return start, watch.last_played.get(turn, start)
+
+
+def details(chaos: Chaos) -> dict[str, Any]:
+    """What each fault hit and what each call with a loss heard (for ``--out``)."""
+    t0 = chaos.t0
+    calls = []
+    for r in chaos.results:
+        if not (r.dropped or r.lost or r.doubled or r.stale_frames):
+            continue
+        w = r.watch
+        calls.append(
+            {
+                "call": r.index,
+                "session": r.session,
+                "error": r.error,
+                "ended_early": r.ended_early,
+                "said": r.said,
+                "answered": r.answered,
+                "stale_frames": r.stale_frames,
+                "stale_at_s": [] if w is None else [(round(t - t0, 2), n) for t, n in w.stale_at],
+                "doubled": [
+                    {
+                        "turn": turn,
+                        "span_s": None
+                        if w is None
+                        else [round(x - t0, 2) for x in _reply_span(w, turn)],
+                        "heard": heard,
+                        "text": text,
+                    }
+                    for turn, heard, text in r.doubled
+                ],
+                "incarnations": r.incarnations,
+                "reconnects": r.reconnects,
+            }
+        )
+    faults = [
+        {
+            "kind": f.kind,
+            "at_s": round(f.at - t0, 2),
+            "target": f.target,
+            "hit": f.hit,
+            "mid": f.mid,
+            "note": f.note.strip(),
+        }
+        for f in chaos.faults
+    ]
+    return {"faults": faults, "calls_with_losses": calls}
 
 
 _FAILOVER = re.compile(r"dispatcher \S+: (\w+) lost its owner (\S+)")
@@ -777,9 +867,10 @@ def _print_summary(out: dict[str, Any]) -> None:
 
     console = Console()
     table = Table(title=f"chaos: {out['calls']} calls, {out['faults']['count']} faults")
-    for column in ("fault", "calls hit", "mid-reply", "pause p50", "p95", "max", "takeover p50"):
+    columns = ["fault", "calls hit", "mid-reply", "pause p50", "p95", "max", "takeover p50"]
+    columns += ["p95", "stale frames", "doubled"]
+    for column in columns:
         table.add_column(column, justify="left" if column == "fault" else "right")
-    table.add_column("p95", justify="right")
     for kind, e in out["per_fault"].items():
         p, t = e["pause_ms"], e["takeover_ms"]
         table.add_row(
@@ -789,6 +880,8 @@ def _print_summary(out: dict[str, Any]) -> None:
             *(_ms(p[k]) for k in ("p50", "p95", "max")),
             _ms(t["p50"]),
             _ms(t["p95"]),
+            str(e["stale_frames"]),
+            str(e["replies_doubled"]),
         )
     console.print(table)
     losses = Table(title="counted at the clients (target: all zero)")
@@ -803,7 +896,8 @@ def _print_summary(out: dict[str, Any]) -> None:
     console.print(losses)
     lag = out.get("client_loop_lag_ms", {})
     console.print(
-        f"machine: cpu busy {out.get('cpu_busy', 0):.0%} (max 1 s: {out.get('cpu_busy_max_1s', 0):.0%}),"
+        f"machine: cpu busy {out.get('cpu_busy', 0):.0%}"
+        f" (max 1 s: {out.get('cpu_busy_max_1s', 0):.0%}),"
         f" client loop lag p50/p99/max {lag.get('p50')}/{lag.get('p99')}/{lag.get('max')} ms;"
         f" gaps no fault explains > {NOISE_MS:.0f} ms: {out['noise_gaps_over_100ms']}"
         f" (max {out['noise_gap_ms_max']} ms); failovers {out['failovers']}"
@@ -846,12 +940,13 @@ def main(argv: list[str] | None = None) -> int:
         began = time.monotonic()
         chaos, machine = asyncio.run(run_chaos(sc, cluster, lambda s: print(s, flush=True)))
         out = summary(chaos, machine, time.monotonic() - began)
+        extra = details(chaos)
     out["wall_s_total"] = round(time.monotonic() - started, 1)
     _print_summary(out)
     line = json.dumps(out, separators=(",", ":"))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=2) + "\n")
+        args.out.write_text(json.dumps({**out, "details": extra}, indent=2) + "\n")
     print(line)
     return 0
 

@@ -4,6 +4,7 @@
     python benchmarks/transport.py --quick         # smoke run (under a minute)
     python benchmarks/transport.py --parts calls --levels 1,200,400 [--keep-going]
     python benchmarks/transport.py --profile 75    # where the server's CPU goes (py-spy)
+    python benchmarks/transport.py --parts echo,bargein --server-mode both   # + the cluster
 
 Processes and cores. The server is this script started again with ``--role
 server`` (``create_app`` + uvicorn with ``rspp.transports.direct``'s options, as
@@ -64,6 +65,29 @@ a level that fails is run once more (the machine is shared) before it counts.
 The ramp stops at the first ``N`` that fails; ``calls_per_process`` is the
 largest that passed, ``cpu_ms_per_call_s`` the server's CPU per call-second
 there (CPU seconds / (calls x window seconds)).
+
+The cluster in place of the server (``--server-mode cluster``, or ``both``: the
+single-process server, then the cluster, for each of parts (a) and (b); part (c)
+runs against the single-process server only). What the cluster's event path adds
+to a frame and to a barge-in -- gateway -> Redis input log -> worker -> Redis
+output stream -> gateway -- is the cluster's row minus the local one, percentile
+by percentile. Per part: a private ``redis-server``
+(``rspp.cluster.redis_server.RedisServer``, as ``rspp cluster`` runs it: an
+append-only file with ``appendfsync always``), then this script as ``--role
+cluster-worker`` (a :class:`~rspp.cluster.worker.Worker` running the part's
+pipeline: this script, since the echo node type is defined here) and as
+``--role cluster-gateway`` (the app of ``rspp gateway``: ``create_app`` on a
+:class:`~rspp.cluster.gateway.ClusterHost`, uvicorn with
+``rspp.transports.direct``'s options, the same ``/bench`` routes; a
+:class:`~rspp.cluster.dispatcher.Dispatcher` runs as a task of the gateway's
+loop). Cores (``--cluster-cores G,W,R``, default ``0,0,1``): gateway and worker
+share the server's core 0, as the one process does in local mode; redis-server
+-- a store on a host of its own in a deployment -- shares core 1 with the load
+generator (both are idle while a frame is in the gateway or the worker: one
+frame's path is sequential). The load generator connects to the gateway exactly
+as to the server. The echo part also reports each cluster process's CPU per
+frame (``/proc/PID/task/*/schedstat``), with and without the background it
+shows over 2 s with no call (beats, lease renewals, the orphan scan).
 
 ``--profile N``: one level of ``N`` calls with py-spy sampling the server
 (``--py-spy PATH``, or on ``PATH``; cProfile otherwise), the samples sorted by
@@ -534,12 +558,13 @@ CLUSTER_CORES = {"gateway": SERVER_CORE, "worker": SERVER_CORE, "redis": CLIENT_
 
 
 def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) process ``pid`` has used, all its threads."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
+    """CPU seconds process ``pid`` has used, all its threads (``schedstat``: ns, not ticks)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 def pin_process(pid: int, core: int) -> None:
@@ -1013,20 +1038,33 @@ async def paced(frames: int, send: Callable[[int], None]) -> None:
         send(i)
 
 
+#: Seconds the cluster's processes are watched with no call, before the echo call: their
+#: background work (worker beats and lease renewals, the dispatcher's orphan scan every
+#: 50 ms, the gateway's readiness check), subtracted for the CPU a frame costs.
+IDLE_S = 2.0
+
+
 async def echo_ws(
     frames: int, discard: int, role: str, cluster: bool = False
 ) -> tuple[list[float], dict[str, float]]:
     """Round trips through a server of ``role`` (or the cluster); CPU per frame (us) of each
-    RSPP process: ``server``, or the cluster's ``gateway``, ``worker`` and ``redis``."""
+    RSPP process: ``server``, or the cluster's ``gateway``, ``worker`` and ``redis`` (each
+    with and without its idle background, and that as a share of a core)."""
     await quiet()
     server: Server | ClusterServer = ClusterServer("echo") if cluster else Server("echo", role=role)
     try:
         client = EchoClient()
         await client.open(server.port)
         measured = cluster or role == "server"
+        idle: dict[str, float] = {}
+        if isinstance(server, ClusterServer):  # its background work (beats, scans, renewals)
+            idle0, t0 = server.cpu_s(), time.perf_counter()
+            await asyncio.sleep(IDLE_S)
+            idle1, elapsed = server.cpu_s(), time.perf_counter() - t0
+            idle = {name: (idle1[name] - idle0[name]) / elapsed for name in idle1}
         if measured:
             await server.get("/bench/reset")
-        cpu0 = server.cpu_s() if isinstance(server, ClusterServer) else {}
+        cpu0, t0 = server.cpu_s() if isinstance(server, ClusterServer) else {}, time.perf_counter()
         gc.collect()
 
         def send(i: int) -> None:
@@ -1037,8 +1075,12 @@ async def echo_ws(
         await asyncio.sleep(0.2)
         cpu_us: dict[str, float] = {}
         if isinstance(server, ClusterServer):
-            cpu1 = server.cpu_s()
-            cpu_us = {name: (cpu1[name] - cpu0[name]) / frames * 1e6 for name in cpu1}
+            cpu1, elapsed = server.cpu_s(), time.perf_counter() - t0
+            for name in cpu1:
+                used = cpu1[name] - cpu0[name]
+                cpu_us[name] = used / frames * 1e6
+                cpu_us[f"{name}_less_idle"] = (used - idle[name] * elapsed) / frames * 1e6
+                cpu_us[f"{name}_idle_share"] = idle[name]
         elif measured:
             stats = await server.get("/bench/stats")
             cpu_us = {"server": stats["cpu_s"] / frames * 1e6}
@@ -1165,12 +1207,19 @@ async def part_echo_cluster(frames: int) -> dict[str, Any]:
     for q in (50, 95, 99):
         out[f"rtt_ms_p{q}"] = percentile(rtts, q / 100) if q != 50 else statistics.median(rtts)
     out["rtt_ms_max"] = max(rtts)
-    for name, us in cpu.items():
-        out[f"cpu_us_per_frame_{name}"] = us
+    for name, value in cpu.items():
+        if name.endswith("_idle_share"):
+            out[f"idle_cpu_share_{name.removesuffix('_idle_share')}"] = value
+        else:
+            out[f"cpu_us_per_frame_{name}"] = value
+    roles = ("gateway", "worker", "redis")
     log(
         f"  cluster round trip p50 {out['rtt_ms_p50']:.3f} ms  p95 {out['rtt_ms_p95']:.3f} ms  "
-        f"p99 {out['rtt_ms_p99']:.3f} ms  max {out['rtt_ms_max']:.3f} ms;  CPU per frame: "
-        + ", ".join(f"{name} {us:.0f} us" for name, us in cpu.items())
+        f"p99 {out['rtt_ms_p99']:.3f} ms  max {out['rtt_ms_max']:.3f} ms;  CPU per frame "
+        "(less the idle background): "
+        + ", ".join(f"{n} {cpu[n]:.0f} us ({cpu[f'{n}_less_idle']:.0f})" for n in roles)
+        + ";  idle: "
+        + ", ".join(f"{n} {cpu[f'{n}_idle_share']:.1%}" for n in roles)
     )
     return out
 
@@ -1697,7 +1746,9 @@ def main() -> None:
         )
     if local and cluster:
         result.update(cluster_added(result))
-    if "calls" in parts:
+    if "calls" in parts and not local:
+        log("(c) concurrent calls: the single-process server only (--server-mode local|both)")
+    if "calls" in parts and local:
         calls = asyncio.run(
             part_calls(levels, warmup, window, 8.0 if args.quick else 40.0, args.keep_going)
         )

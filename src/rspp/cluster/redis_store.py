@@ -389,9 +389,11 @@ class RedisStore:
                     pipe.xadd(key, {"e": event})
                 if close:
                     pipe.xadd(key, {"c": close})
+                # Never a key without an expiry (an append can come after the session ended).
+                pipe.pexpire(key, SESSION_TTL_MS)
                 return await pipe.execute()  # type: ignore[no-any-return]
 
-        ids = await self._call(run)
+        ids = (await self._call(run))[:-1]
         return _seq(ids[-1]) if ids else 0
 
     async def read_input(self, sid: str, after: int, block_ms: int) -> list[InputEntry]:
