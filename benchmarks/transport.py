@@ -1064,7 +1064,8 @@ async def echo_ws(
             idle = {name: (idle1[name] - idle0[name]) / elapsed for name in idle1}
         if measured:
             await server.get("/bench/reset")
-        cpu0, t0 = server.cpu_s() if isinstance(server, ClusterServer) else {}, time.perf_counter()
+        cpu0 = server.cpu_s() if isinstance(server, ClusterServer) else {}
+        t0 = time.perf_counter()
         gc.collect()
 
         def send(i: int) -> None:

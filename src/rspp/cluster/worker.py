@@ -80,6 +80,9 @@ class Worker:
         if not pipelines:
             raise ValueError("a worker needs at least one pipeline")
         self.store = store
+        misnamed = [f"{key!r} is {p.name!r}" for key, p in pipelines.items() if key != p.name]
+        if misnamed:  # checkpoints and placements name pipelines by their spec's name
+            raise ValueError(f"pipelines must be keyed by their names: {', '.join(misnamed)}")
         self.pipelines = dict(pipelines)
         self.config = config or WorkerConfig()
         self.resources = resources
@@ -95,6 +98,8 @@ class Worker:
         self._cpu = (time.process_time(), time.monotonic(), 0.0)
         self._trouble_logged = 0.0
         self._built: dict[bytes, Pipeline] = {}
+        #: The task that owns each session (cancelled by a stop).
+        self._owning: dict[str, asyncio.Task[None]] = {}
 
     @property
     def id(self) -> str:
@@ -118,8 +123,8 @@ class Worker:
                 tg.create_task(self._inbox()),
             ]
             await self._stop.wait()
-            for one in loops:
-                one.cancel()
+            for one in [*loops, *self._owning.values()]:
+                one.cancel()  # sessions left now lapse to other workers (a crash, for them)
         log.info("worker %s: stopped", self.id)
 
     def stop(self) -> None:
@@ -251,7 +256,7 @@ class Worker:
         self.sessions[sid] = owned
         self.metrics.active.set(len(self.sessions))
         assert self._group is not None
-        self._group.create_task(self._own(owned, record.pipeline))
+        self._owning[sid] = self._group.create_task(self._own(owned, record.pipeline))
 
     def _pipeline(self, name: str, spec: bytes | None) -> Pipeline | None:
         """The pipeline ``name``, or the one ``spec`` describes (built once per spec)."""
@@ -331,6 +336,7 @@ class Worker:
         finally:
             if self.sessions.get(sid) is owned:
                 del self.sessions[sid]
+                self._owning.pop(sid, None)
             self.metrics.active.set(len(self.sessions))
         if owned.outcome == "moved" and owned.handover_to == self.id:
             await self.take(sid, owned.handover_why)  # a swap: back here, in the new pipeline
