@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 
 from rspp.client import Call, Caller, CallRefused, Line
-from rspp.cluster import MemoryStore
+from rspp.cluster import MemoryStore, WorkerInfo
 from rspp.cluster.dispatcher import MoveRefused, request_move, request_swap
 from rspp.demo import DemoLine
 from rspp.testing.audio import speech_like
 from rspp.transports.call.client import Played
 from rspp.transports.call.wire import AudioFormat
 
-from .inprocess import TOKEN, cluster
+from .inprocess import TOKEN, Cluster, cluster
 
 FMT = AudioFormat(sample_rate=16000)
 HELLO = DemoLine("Hello there, how are you?", "Fine, thanks, and you?")
@@ -280,3 +280,25 @@ def test_a_full_cluster_refuses_a_call_cleanly_and_takes_it_when_room_comes() ->
                 assert again.connected
 
     run(body)
+
+
+def test_a_call_placed_on_a_worker_that_died_before_taking_it_is_placed_again() -> None:
+    async def body() -> None:
+        store = MemoryStore()
+        async with cluster(store, SCRIPT, workers=1, worker_config={"capacity": 1}) as c:
+            async with Call.connect(c.url, token=TOKEN, input=FMT, output=FMT) as first:
+                await asyncio.sleep(0.4)  # w1's beat says it is full
+                # A worker that beat once, then died: the only one with room.
+                await store.heartbeat(WorkerInfo(id="ghost", pipelines=["demo"], capacity=9))
+                second = asyncio.create_task(_connect_and_say_who(c))
+                await asyncio.sleep(0.5)  # placed on the ghost; nothing takes it
+                assert first.connected
+            # The first call ended: w1 has room; the gateway asks again and w1 takes it.
+            assert await second == "w1"
+
+    run(body)
+
+
+async def _connect_and_say_who(c: Cluster) -> str:
+    async with Call.connect(c.url, token=TOKEN, input=FMT, output=FMT) as call:
+        return c.owner_of(call.session).id

@@ -338,15 +338,21 @@ class ClusterHost:
             await self.store.create(SessionRecord(id=sid, pipeline=name), SESSION_TTL_S)
             request = Request(session=sid, pipeline=name, why="open")
             await self.store.request(msgspec.msgpack.encode(request))
-            await self._wait_running(sid)
+            await self._wait_running(sid, request)
         except StoreUnavailable as exc:
             raise SessionClosed(f"the cluster's store is unavailable: {exc}") from exc
         return self._start(ClusterPort(self, sid, name, spec))
 
-    async def _wait_running(self, sid: str) -> None:
+    async def _wait_running(self, sid: str, request: Request) -> None:
         deadline = time.monotonic() + self.open_timeout_s
+        ask_again = time.monotonic() + 2.0
         delay = 0.002
         while time.monotonic() < deadline:
+            if time.monotonic() > ask_again:
+                # The worker it went to died before taking it (its beat has gone stale
+                # since): ask again; a second placement is harmless, one lease wins.
+                await self.store.request(msgspec.msgpack.encode(request))
+                ask_again = time.monotonic() + 2.0
             record = await self.store.record(sid)
             if record is not None and record.state == "refused":
                 self.metrics.refused.labels(record.reason or "refused").inc()
@@ -379,6 +385,7 @@ class ClusterHost:
     def _start(self, port: ClusterPort) -> ClusterPort:
         if self._group is None:
             raise RuntimeError("the cluster host is not running (use `async with host.running()`)")
+        self.active()  # forget the ports of calls that ended
         self._ports[port.session_id] = port
         port._task = self._group.create_task(port.run())
         return port
