@@ -445,3 +445,17 @@ def test_playout_invariants_under_any_interleaving(steps: list[tuple[str, int, i
             last_report[turn] = ms
         playout.reports.clear()
         assert all(playout.held_ms(turn) == 0.0 for turn in range(1, cleared + 1))
+
+
+def test_speech_while_the_connection_is_down_is_held_and_sent_first_on_the_resume() -> None:
+    client = opened(hold_audio_ms=100.0)
+    client.connection_lost()
+    said = [bytes([n]) * len(FRAME) for n in range(8)]  # 8 frames of 20 ms: 160 ms
+    for frame in said:
+        client.send_audio(frame)
+    assert client.data_to_send() == []  # nothing to send it on
+    assert client.dropped_audio_bytes == 3 * len(FRAME)  # held the newest 100 ms only
+    client.hello()
+    client.data_to_send()  # the resuming hello
+    client.receive_text(ready(resumed=True), 1.0)
+    assert client.data_to_send()[:5] == said[3:]  # then on with the live audio

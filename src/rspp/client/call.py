@@ -354,7 +354,8 @@ class Call:
     async def _reconnect_by_itself(self) -> None:
         delay = self.reconnect_backoff_s
         for attempt in range(1, self.reconnect_attempts + 1):
-            await asyncio.sleep(delay)
+            if attempt > 1:  # the first at once: a lost connection is not a loaded server
+                await asyncio.sleep(delay)
             if self.ended or self._ws is not None:
                 return  # ended meanwhile, or reconnected by hand
             try:
@@ -364,11 +365,12 @@ class Call:
                 if exc.code in FINAL_CODES:
                     break
                 if exc.code is None and len(self.urls) > 1:
-                    # Nobody there: try the next gateway, at once the first time round.
+                    # Nobody there: the next gateway, at once the first time round.
                     self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
                     if attempt < len(self.urls):
+                        delay = 0.0
                         continue
-                delay = min(delay * 2, 5.0)
+                delay = min(max(delay * 2, self.reconnect_backoff_s), 5.0)
                 continue
             self.reconnects += 1
             log.info("call %s: reconnected (attempt %d)", self.session, attempt)

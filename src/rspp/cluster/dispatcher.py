@@ -181,9 +181,11 @@ class Dispatcher:
         grace = (cfg.lease_ttl_ms + 2 * cfg.renew_every_ms) / 1000
         while True:
             await asyncio.sleep(cfg.scan_every_ms / 1000)
-            if time.monotonic() - self._healthy_since < grace:
-                continue  # just back from an outage: owners renew first
             try:
+                await self.store.now_ms()  # is the store there? (then the grace is judged)
+                self._fine()
+                if time.monotonic() - self._healthy_since < grace:
+                    continue  # just back from an outage: owners renew first
                 for sid in await self.store.orphans():
                     if not await self.store.claim(sid, cfg.claim_hold_ms):
                         continue

@@ -202,6 +202,14 @@ class ClusterPort:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 continue
+            if first:
+                # The whole backlog first (a reattached call's may be thousands of entries):
+                # the client's resume point is cut in all of it, not in the first read.
+                while found:
+                    more = await self._backlog(found[-1][0])
+                    if not more:
+                        break
+                    found += more
             if not found:
                 first = False
                 continue
@@ -224,6 +232,15 @@ class ClusterPort:
             m = self._host.metrics
             m.duplicates.inc(self._filter.duplicates - before[0])
             m.stale.inc(self._filter.stale - before[1])
+
+    async def _backlog(self, after: str) -> list[tuple[str, bytes]]:
+        """More of the output already there (not waiting for new output)."""
+        while True:
+            try:
+                return await self._store.read_output(self._sid, after, 0)
+            except StoreUnavailable as exc:
+                self._host.trouble(exc)
+                await asyncio.sleep(0.05)
 
     def _after_resume_point(
         self, items: list[tuple[OutputEntry, Event]]

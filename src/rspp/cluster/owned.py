@@ -100,7 +100,6 @@ class OwnedSession:
         self._outbox: list[bytes] = []
         self._checkpoint: Checkpoint | None = None
         self._wake = asyncio.Event()
-        self._flushed = asyncio.Event()
         self._done = asyncio.Event()
         self._quiet = False
         self._dirty = False
@@ -155,10 +154,14 @@ class OwnedSession:
                 if self.outcome == "lost":
                     writer.cancel()
                 else:
-                    # The writer flushes what is left (and the hand-over checkpoint), then ends.
+                    # The writer flushes what is left (and the hand-over checkpoint), then
+                    # ends by itself: it is never cancelled in the middle of a write that
+                    # must land (a move's last checkpoint), unless the store stays away.
                     self._wake.set()
                     moving = self.outcome == "moved"
-                    await self._idle(self.worker.config.drain_deadline_s if moving else 5.0)
+                    limit = self.worker.config.drain_deadline_s if moving else 5.0
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(writer), limit)
                     if not writer.done():
                         writer.cancel()
         finally:
@@ -171,14 +174,6 @@ class OwnedSession:
                 await self.store.update(self.session_id, state="ended")
             except StoreUnavailable:
                 self.log.warning("ended; the store did not hear it")
-
-    async def _idle(self, timeout_s: float) -> None:
-        """Wait until the writer has written everything queued (or ``timeout_s`` passed)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                while self._outbox or self._checkpoint is not None:
-                    self._flushed.clear()
-                    await self._flushed.wait()
 
     def stop(self, outcome: str) -> None:
         if not self.outcome:
@@ -273,7 +268,6 @@ class OwnedSession:
         timer = self.worker.metrics.store
         backoff = 0.05
         while True:
-            self._flushed.set()
             if self._done.is_set():
                 return  # everything before the end is written
             await self._wake.wait()

@@ -451,6 +451,7 @@ class CallClient:
         input: AudioFormat | None = None,
         output: AudioFormat | None = None,
         report_every_ms: float = 100.0,
+        hold_audio_ms: float = 5000.0,
     ) -> None:
         self.state = State.IDLE
         self.token = token
@@ -466,8 +467,14 @@ class CallClient:
         #: Of those, the ones from an older incarnation than one already received (output of
         #: an owner that was replaced: a cluster's gateway should never let one through).
         self.stale = 0
-        #: Client audio dropped because no connection was open.
+        #: Client audio dropped because no connection was open (beyond what is held).
         self.dropped_audio_bytes = 0
+        #: While a call's connection is down, the newest ``hold_audio_ms`` of the user's
+        #: audio is held and sent first on the resumed connection: what the user says
+        #: meanwhile (to another gateway, say) is heard late rather than never.
+        self.hold_audio_ms = hold_audio_ms
+        self._held_audio: deque[bytes] = deque()
+        self._held_bytes = 0
         self._outbox: list[str | bytes] = []
 
     @property
@@ -523,6 +530,10 @@ class CallClient:
                 raise WireError("call.ready outside a handshake")
             self._go("ready")
             self.ready = message
+            if self._held_audio:
+                self._outbox += self._held_audio
+                self._held_audio.clear()
+                self._held_bytes = 0
             return [*self.playout.advance(now), Opened(message)]
         if self.state is State.CLOSED:
             # We said bye: the server's answer ends the call; nothing else matters now.
@@ -574,15 +585,30 @@ class CallClient:
     # -- client -> server ----------------------------------------------------------------
 
     def send_audio(self, pcm: bytes) -> None:
-        """Queue user audio (PCM16 in the ``input`` format); dropped while not connected."""
+        """Queue user audio (PCM16 in the ``input`` format).
+
+        While not connected: held (the newest ``hold_audio_ms``) if the call can be
+        resumed, for the resumed connection; else dropped.
+        """
         sample = 2 * self.input.channels
         if len(pcm) % sample:
             raise ValueError(f"audio of {len(pcm)} bytes is not whole {sample}-byte samples")
-        if self.state is not State.OPEN:
+        step = MAX_FRAME_BYTES - MAX_FRAME_BYTES % sample
+        frames = [pcm[i : i + step] for i in range(0, len(pcm), step)]
+        if self.state is State.OPEN:
+            self._outbox += frames
+            return
+        if not self.resumable or not self.hold_audio_ms:
             self.dropped_audio_bytes += len(pcm)
             return
-        step = MAX_FRAME_BYTES - MAX_FRAME_BYTES % sample
-        self._outbox += [pcm[i : i + step] for i in range(0, len(pcm), step)]
+        held = self._held_audio
+        held.extend(frames)
+        self._held_bytes += len(pcm)
+        limit = int(self.hold_audio_ms * self.input.bytes_per_ms)
+        while self._held_bytes > limit and held:
+            old = held.popleft()
+            self._held_bytes -= len(old)
+            self.dropped_audio_bytes += len(old)
 
     def send_text(self, text: str) -> None:
         """A typed user turn (``user.text``)."""
