@@ -10,6 +10,7 @@ not left RESPONDING.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import msgspec
@@ -338,3 +339,23 @@ def test_a_swap_mid_reply_is_refused_and_a_plain_restore_of_another_pipeline_too
         start(swap=True)
     with pytest.raises(SnapshotError, match="not in the snapshot"):
         start()
+
+
+def test_frames_a_client_already_has_from_a_previous_owner_are_sent_at_once() -> None:
+    """A cluster's takeover: the audio output is told how many frames past the snapshot
+    the client already received; it sends those without pacing (they are dropped
+    downstream as repeats), then paces the rest as before."""
+    from rspp.cluster.owned import _tell_outputs
+
+    pipeline = pipeline_for()
+    snap, _ = first_part(pipeline, until_frames=5)
+    _tell_outputs(snap, {snap.turns.active: 10})
+    sink, _ = second_part(pipeline, wire(snap))
+    times = [at for at, ev in sink.records if ev.kind == "audio.out"]
+    assert len(times) > 20
+    first, rest = times[:10], times[10:]
+    # Ten frames (200 ms of audio) as fast as the TTS makes them, not in 200 ms of pacing.
+    assert max(first) - min(first) < 100_000_000
+    assert first[:5] == [first[0]] * 5  # those already buffered: all at the same instant
+    gaps = [b - a for a, b in itertools.pairwise(rest[2:])]
+    assert min(gaps) > 10_000_000  # then paced again (20 ms frames, a small lead)

@@ -210,6 +210,9 @@ class MemoryStore:
         found = await out.read(start, block_ms)
         return [(str(n), value) for n, value in found]  # type: ignore[misc]
 
+    async def output_tail(self, sid: str, count: int) -> list[bytes]:
+        return [value for _, value in self._session(sid).output.entries[-count:]]  # type: ignore[misc]
+
     # -- workers and dispatch ---------------------------------------------------------------
 
     async def heartbeat(self, info: WorkerInfo) -> None:

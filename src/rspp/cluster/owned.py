@@ -47,12 +47,13 @@ from rspp.transports.port import LocalPort, local_port
 if TYPE_CHECKING:
     from rspp.cluster.worker import Worker
 
-__all__ = ["OwnedSession"]
+__all__ = ["OwnedSession", "delivered_since"]
 
 log = logging.getLogger("rspp.cluster.worker")
 
 _CODEC = MsgpackCodec()
 _ENTRY = msgspec.msgpack.Encoder()
+_ENTRY_DECODER = msgspec.msgpack.Decoder(OutputEntry)
 #: Output kept while the store is away, at most (then the oldest goes; the caller would
 #: hear it late anyway, and "heard" is what the client reports, so nothing is misrecorded).
 OUTBOX_LIMIT = 500
@@ -86,7 +87,10 @@ class OwnedSession:
         checkpoint: Checkpoint | None,
         why: str,
         asked_ns: int,
+        delivered: dict[int, int] | None = None,
     ) -> None:
+        """``delivered``: per turn, audio frames the client already has past the checkpoint
+        (:func:`delivered_since`): the restored output sends them without pacing."""
         self.worker = worker
         self.lease = lease
         self.pipeline = pipeline
@@ -109,6 +113,8 @@ class OwnedSession:
             if checkpoint
             else None
         )
+        if snapshot is not None and delivered:
+            _tell_outputs(snapshot, delivered)
         self._snapshot = snapshot
         self.port: LocalPort = local_port(
             pipeline,
@@ -360,3 +366,40 @@ class OwnedSession:
                         break
                     except SessionClosed:
                         return
+
+
+def delivered_since(checkpoint: Checkpoint, tail: list[bytes]) -> dict[int, int]:
+    """Per turn, the audio frames a previous owner wrote after ``checkpoint`` was taken.
+
+    The output stream's tail says how far each turn's audio got (its ordinals); the
+    checkpoint's stamps say how far the snapshot had got. The difference is what a
+    new owner is about to make again: the gateway would drop it, the caller would wait
+    for it in real time, so the restored output sends it at once instead.
+    """
+    newest: dict[int, int] = {}
+    for raw in tail:
+        try:
+            entry = _ENTRY_DECODER.decode(raw)
+            kind = _CODEC.decode(entry.event).kind
+        except (msgspec.DecodeError, DecodeError):
+            continue
+        if kind == "audio.out" and entry.index > newest.get(entry.turn, 0):
+            newest[entry.turn] = entry.index
+    stamps = checkpoint.stamps
+    found = {turn: n - stamps.get(f"{turn}|audio.out", 0) for turn, n in newest.items()}
+    return {turn: n for turn, n in found.items() if n > 0}
+
+
+def _tell_outputs(snapshot: SessionSnapshot, delivered: dict[int, int]) -> None:
+    """Put ``delivered`` into the snapshot's audio outputs' state (see AudioOutputState)."""
+    from rspp.nodes.audio_output import AudioOutputState
+
+    for node in snapshot.nodes.values():
+        if node.type != "audio_output" or node.state is None:
+            continue
+        try:
+            state = msgspec.msgpack.decode(node.state, type=AudioOutputState)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue  # the restore reports it
+        state.delivered = {turn: n for turn, n in delivered.items() if turn > snapshot.turns.fence}
+        node.state = msgspec.msgpack.encode(state)

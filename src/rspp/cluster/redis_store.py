@@ -434,6 +434,10 @@ class RedisStore:
             for entry_id, fields in items
         ]
 
+    async def output_tail(self, sid: str, count: int) -> list[bytes]:
+        found = await self._call(lambda: self.redis.xrevrange(keys.output(sid), count=count))
+        return [fields[b"o"] for _, fields in reversed(found)]
+
     # -- workers and dispatch ---------------------------------------------------------------
 
     async def heartbeat(self, info: WorkerInfo) -> None:

@@ -121,6 +121,10 @@ class SessionStore(Protocol):
         """Output entries after id ``after`` ("0": from the oldest kept; "$": new ones)."""
         ...
 
+    async def output_tail(self, sid: str, count: int) -> list[bytes]:
+        """The newest ``count`` output entries, oldest first (what a new owner checks)."""
+        ...
+
     # -- workers and dispatch ----------------------------------------------------------------
 
     async def heartbeat(self, info: WorkerInfo) -> None: ...

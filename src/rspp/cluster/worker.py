@@ -33,7 +33,7 @@ import msgspec
 import rspp
 from rspp.cluster.compat import compatibility, reads
 from rspp.cluster.metrics import WorkerMetrics
-from rspp.cluster.owned import OwnedSession
+from rspp.cluster.owned import OwnedSession, delivered_since
 from rspp.cluster.records import Checkpoint, Request, Task, WorkerInfo
 from rspp.cluster.store import SessionStore, StoreError, StoreUnavailable
 from rspp.kernel import BuildError, Pipeline, PipelineSpec, build
@@ -252,7 +252,13 @@ class Worker:
             await self.store.release(lease)
             await self._place_elsewhere(sid, why)
             return
-        owned = OwnedSession(self, lease, pipeline, checkpoint, why, asked)
+        delivered: dict[int, int] = {}
+        if checkpoint is not None and why != "swap":
+            try:
+                delivered = delivered_since(checkpoint, await self.store.output_tail(sid, 300))
+            except StoreUnavailable as exc:
+                self.store_trouble(exc)
+        owned = OwnedSession(self, lease, pipeline, checkpoint, why, asked, delivered)
         self.sessions[sid] = owned
         self.metrics.active.set(len(self.sessions))
         assert self._group is not None

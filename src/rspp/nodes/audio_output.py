@@ -81,6 +81,10 @@ class AudioOutputState(msgspec.Struct, kw_only=True):
     next_ns: int
     paused: bool
     sent_ns: dict[int, int]
+    #: Per turn, frames the client already has from a previous owner of the session (a
+    #: cluster's takeover sets it): the first that many are sent at once, not paced --
+    #: downstream drops them as repeats -- so the caller waits for none of them.
+    delivered: dict[int, int] = msgspec.field(default_factory=dict)
 
 
 class AudioOutput(Node[AudioOutputConfig]):
@@ -102,6 +106,7 @@ class AudioOutput(Node[AudioOutputConfig]):
         self._buffer: deque[AudioOut | TtsDone] = deque()
         self._buffered_ns = 0
         self._next_ns = 0  # when the next frame is due (session clock)
+        self._delivered: dict[int, int] = {}  # see AudioOutputState.delivered
         self._sent_ns: dict[int, int] = {}  # turn -> audio sent
         self._lead_ns = int(config.lead_ms * 1e6)
         # With a lead, a frame may leave a little after its time (the client's buffer
@@ -174,6 +179,8 @@ class AudioOutput(Node[AudioOutputConfig]):
                 self._buffered_ns = sum(f.duration_ns for f in kept if isinstance(f, AudioOut))
             for turn in [t for t in self._sent_ns if t <= event.turn]:
                 del self._sent_ns[turn]
+            for turn in [t for t in self._delivered if t <= event.turn]:
+                del self._delivered[turn]
             self._next_ns = 0
             self._play_soon()
 
@@ -211,11 +218,21 @@ class AudioOutput(Node[AudioOutputConfig]):
                 sent = self._sent_ns.pop(item.turn, 0)
                 self.emit(TurnDone(turn=item.turn, delivered_ms=sent / 1e6), item)
                 continue
+            duration = item.duration_ns
+            delivered = self._delivered
+            if delivered and delivered.get(item.turn, 0) > 0:
+                buffer.popleft()  # the client has it already: at once, no time taken
+                self._buffered_ns -= duration
+                self._sent_ns[item.turn] = self._sent_ns.get(item.turn, 0) + duration
+                delivered[item.turn] -= 1
+                if not delivered[item.turn]:
+                    del delivered[item.turn]
+                self.emit(item, item)
+                continue
             due = max(self._next_ns, now)
             if due - lead_ns - now > _SLACK_NS:
                 return due - lead_ns
             buffer.popleft()
-            duration = item.duration_ns
             self._buffered_ns -= duration
             sent_ns = self._sent_ns
             sent_ns[item.turn] = sent_ns.get(item.turn, 0) + duration
@@ -255,6 +272,7 @@ class AudioOutput(Node[AudioOutputConfig]):
             next_ns=self._next_ns,
             paused=self.paused,
             sent_ns=dict(self._sent_ns),
+            delivered=dict(self._delivered),
         )
 
     def restore(self, state: AudioOutputState) -> None:
@@ -263,4 +281,5 @@ class AudioOutput(Node[AudioOutputConfig]):
         self._next_ns = state.next_ns
         self.paused = state.paused
         self._sent_ns = dict(state.sent_ns)
+        self._delivered = dict(state.delivered)
         self._arm(self.ctx.now_ns())  # plays on once the session runs
