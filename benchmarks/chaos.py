@@ -1,6 +1,6 @@
 """Chaos on a real cluster: many live calls, one fault of each kind, counted at the clients.
 
-    python benchmarks/chaos.py                  # 50 calls, 3 workers (about 2 minutes)
+    python benchmarks/chaos.py                  # 50 calls, 3 workers (about 80 s)
     python benchmarks/chaos.py --quick          # 8 calls: a smoke run
     python benchmarks/chaos.py --calls 60 --workers 4 --out out/chaos.json
 
@@ -9,44 +9,52 @@ The cluster is :class:`~rspp.cluster.local.ProcessCluster`: a private
 g2), each its own ``rspp`` process, on the demo pipeline with the test kit's
 fake ASR/LLM/TTS (realistic latency profiles, real time). Every call is the
 Python client (:class:`~rspp.client.Call` with ``reconnect_attempts`` and the
-other gateway as ``fallback_urls``) playing a four-line script
-(:class:`~rspp.client.Caller`), the calls started a little apart; the replies
-are long (about ten seconds each) so that the faults land mid-reply.
+other gateway as ``fallback_urls``; half the calls start on each gateway)
+playing a four-line script (:class:`~rspp.client.Caller`), the calls started a
+little apart; the replies are long (9-13 s each) so that the faults land mid-reply.
 
-While the calls go on, one fault of each kind, several seconds apart so that
-each one's effect can be told apart:
+While the calls go on, one fault of each kind, six seconds apart so that each
+one's effect can be told apart:
 
-* ``sigkill``  -- SIGKILL of the worker with the most calls mid-reply (a new
-  worker, under a new name, is started once its calls have been taken over);
-* ``sigterm``  -- SIGTERM of the busiest worker: it drains (hands each call over
+* ``sigkill`` -- SIGKILL of the worker with the most calls mid-reply (a new
+  worker, under a new name, is started two seconds later);
+* ``sigterm`` -- SIGTERM of the busiest worker: it drains (hands each call over
   between replies) and must exit 0; a replacement is started at once, as a
   rolling update would;
-* ``sigstop``  -- SIGSTOP of the busiest worker for ``--stop-s`` (longer than the
-  600 ms lease TTL), then SIGCONT: it wakes owning nothing and must say nothing;
-* ``move``     -- a planned migration (:func:`rspp.cluster.dispatcher.request_move`,
-  what ``rspp sessions move`` does) of a few calls that are mid-reply;
-* ``gateway``  -- SIGKILL of g1: its clients reconnect through g2; g1 is restarted;
-* ``redis``    -- a restart of the Redis server, down for a second.
+* ``sigstop`` -- SIGSTOP of the busiest worker for 2 s (past the 600 ms lease
+  TTL), then SIGCONT: it wakes owning nothing and must say nothing;
+* ``move`` -- a planned migration (:func:`rspp.cluster.dispatcher.request_move`,
+  what ``rspp sessions move`` does) of five calls early in a reply;
+* ``gateway`` -- SIGKILL of g1: its clients reconnect through g2; g1 is restarted;
+* ``redis`` -- a restart of the Redis server, down for a second.
 
 Everything is counted *at the clients*, from what they received and played
 (:func:`rspp.testing.listening.judge`): calls dropped (the client raised, gave
-up, or the call ended before its script did), user utterances never answered,
-replies whose played words are not their text exactly once (doubled),
-audio frames of an owner older than one already heard (``stale_owner_frames``,
-``call.protocol.stale``). The **pause** of a fault is, for each call it hit
-while a reply was playing, the longest silence inside that reply that began
-before the next fault (and within 5 s); the **takeover** is the time from the
-fault to the first audio frame of the new incarnation (``inc``) at that
-client. The target of a SIGKILL is a pause p95 <= 1 s and max <= 2 s, of a
-planned migration <= 150 ms; every loss count should be zero.
+up waiting for a reply, or the call ended before its script did), user
+utterances never answered, replies whose words were not received and played
+exactly once (doubled), frames of an owner older than one already received
+(``stale_owner_frames``: ``call.protocol.stale``). Also counted, not a loss:
+frames the client received twice from the same owner and dropped
+(``resent_frames``), and lines the caller spoke while its call had no connection
+(the client drops that audio: ``utterances_cut_by_disconnect``).
 
-The machine is measured too, because on two shared cores 50 real-time calls
-and a dozen processes compete for the CPU: the client process's event-loop
-lag, the machine's busy share, silences inside replies that no fault explains,
-and failovers or lost leases of workers that no fault hit (a lease that lapsed
-because its owner was starved, not dead).
+The **pause** of a fault is, for each call it hit while a reply was arriving,
+the longest silence inside a reply that began before the next fault (and within
+5 s); the **takeover**, the time from the fault to the first audio frame of the
+new incarnation (``inc``) at that client. Each takeover is also split in the
+store's own times: until the new owner's first write, then the output it made
+again from its checkpoint (which the gateway drops as already heard) until its
+first new audio. Targets: after a SIGKILL a pause p95 <= 1 s and max <= 2 s;
+a planned migration <= 150 ms; every loss count zero.
 
-The last line printed is one JSON object (also written to ``--out``).
+The machine is measured too, because on two shared cores 50 real-time calls and
+a dozen processes compete for the CPU: the busy share, CPU seconds per role,
+this (client) process's event-loop lag, silences inside replies that no fault
+explains, failovers the dispatchers started for owners no fault hit, and new
+incarnations at clients that no fault explains.
+
+The last line printed is one JSON object (with ``--out``, also written to a file
+with the details: each fault's calls, each call with a loss).
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ import asyncio
 import contextlib
 import datetime
 import json
+import logging
 import os
 import platform
 import re
@@ -63,28 +72,34 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
+from redis.exceptions import RedisError
 
-from rspp.client import Call, Caller, Line
+from rspp.client import Call, Caller, Disconnected, Line
+from rspp.cluster import keys
 from rspp.cluster.dispatcher import MoveRefused, request_move
 from rspp.cluster.local import ProcessCluster
+from rspp.cluster.records import OutputEntry
 from rspp.cluster.redis_store import RedisStore
 from rspp.cluster.store import StoreError
 from rspp.demo import DemoLine, demo_pipeline
+from rspp.events import MsgpackCodec
 from rspp.testing.audio import speech_like
+from rspp.testing.fakes import normalize
 from rspp.testing.listening import judge
 from rspp.transports.call.client import BotAudio, Played, Received
 from rspp.transports.call.wire import AudioFormat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stats import percentile  # (benchmarks/ is on sys.path when a script runs)
+from stats import percentile  # benchmarks/ is on sys.path when a script runs
 
-__all__ = ["Scenario", "main", "run_chaos", "summary"]
+__all__ = ["Chaos", "Scenario", "chaos_cluster", "details", "main", "run_chaos", "summary"]
 
 FMT = AudioFormat(sample_rate=16000)  # the pipeline's own rate: nothing is resampled
 #: The kinds of fault, in the order they strike.
@@ -93,6 +108,7 @@ KINDS = ("sigkill", "sigterm", "sigstop", "move", "gateway", "redis")
 OWNER_CHANGES = ("sigkill", "sigterm", "sigstop", "move")
 #: Kinds whose takeover is timed (a drain hands calls over between replies: nothing to time).
 TIMED = ("sigkill", "sigstop", "move")
+_CODEC = MsgpackCodec()
 _ENDS = frozenset({"turn.done", "turn.interrupted"})
 #: A silence longer than this inside a reply, that no fault explains, is noise worth counting.
 NOISE_MS = 100.0
@@ -144,9 +160,18 @@ class Scenario:
     #: How long g1 stays down after its SIGKILL.
     gateway_down_s: float = 1.0
     redis_down_s: float = 1.0
+    #: Kill g1 only once each of its calls has this much output in the store (0: on time).
+    #: A reattaching gateway reads a call's output stream from the start, 1000 entries a
+    #: read: past that, a gateway dies late in a call (the small test makes sure of it).
+    gateway_after_entries: int = 0
+    #: Kill g1 only while each of its calls has received this much (ms) of a reply: the
+    #: bot speaking, the caller silent (None: whenever its time comes).
+    gateway_in_reply_ms: tuple[float, float] | None = None
     #: Lines of :data:`SCRIPT` each call says.
     lines: int = 4
     report_every_ms: float = 200.0
+    #: The caller's microphone frames (ms): 20 as a browser sends; 40 halves the messages.
+    frame_ms: float = 20.0
     #: A caller waiting longer than this for a reply gives up (the call counts as dropped).
     max_wait_s: float = 40.0
 
@@ -175,14 +200,20 @@ class Gap:
 class Watch:
     """Follows one call's notices: silences inside replies, incarnations, the reply in flight."""
 
-    def __init__(self, call: Call) -> None:
+    def __init__(self, call: Call, expected: dict[str, str] | None = None) -> None:
         self.call = call
+        #: What the (fake) LLM answers to each user line (normalized), to see text doubling.
+        self.expected = expected or {}
+        #: Per turn, when its reply text first stopped being a prefix of the expected reply.
+        self.doubled_at: dict[int, float] = {}
         self.gaps: list[Gap] = []
         #: When audio of each incarnation first arrived (loop time).
         self.first_audio: dict[int, float] = {}
         #: The turn whose audio is arriving and whose ``turn.done`` has not.
         self.receiving = 0
         self.received_ms = 0.0
+        #: Each lost connection: (loop time, close code, reason).
+        self.disconnects: list[tuple[float, int | None, str]] = []
         #: When stale frames arrived (loop time, how many since the last notice).
         self.stale_at: list[tuple[float, int]] = []
         self._stale = 0
@@ -195,7 +226,10 @@ class Watch:
         if stale != self._stale:
             self.stale_at.append((asyncio.get_running_loop().time(), stale - self._stale))
             self._stale = stale
-        if isinstance(notice, Played):
+        if isinstance(notice, Disconnected):
+            t = asyncio.get_running_loop().time()
+            self.disconnects.append((t, notice.code, notice.reason))
+        elif isinstance(notice, Played):
             end = self._end.get(notice.turn)
             if end is not None and notice.at > end + 0.001:
                 self.gaps.append(Gap(notice.turn, end, notice.at))
@@ -210,12 +244,16 @@ class Watch:
             ):
                 self.receiving, self.received_ms = frame.turn, 0.0
             self.received_ms += len(frame.pcm) * 1000 / self._bytes_per_s
-        elif (
-            isinstance(notice, Received)
-            and notice.event.kind in _ENDS
-            and notice.event.turn >= self.receiving
-        ):
-            self.receiving = 0
+        elif isinstance(notice, Received):
+            event = notice.event
+            if event.kind in _ENDS and event.turn >= self.receiving:
+                self.receiving = 0
+            elif event.kind == "llm.delta" and event.turn not in self.doubled_at:
+                record = self.call.record.turns.get(event.turn)
+                if record is not None:
+                    want = self.expected.get(normalize(record.user))
+                    if want is not None and not want.startswith(normalize(record.reply)):
+                        self.doubled_at[event.turn] = asyncio.get_running_loop().time()
 
     @property
     def last_played(self) -> dict[int, float]:
@@ -239,6 +277,28 @@ class Watch:
 
 
 @dataclass
+class MicCaller(Caller):
+    """A :class:`Caller` that notes when its microphone frames were dropped.
+
+    The client drops audio sent while no connection is open (a microphone does not
+    wait): a line spoken while the call reconnects reaches the server cut, or not at all.
+    """
+
+    dropped_at: list[float] = field(default_factory=list)
+
+    async def _send(self, pcm: bytes) -> None:
+        if not self.call.connected:
+            self.dropped_at.append(asyncio.get_running_loop().time())
+        await super()._send(pcm)
+
+    def cut_ms(self) -> list[float]:
+        """Per line spoken, how much of it (ms) the client dropped."""
+        return [
+            sum(s.start <= t <= s.end for t in self.dropped_at) * self.frame_ms for s in self.spoken
+        ]
+
+
+@dataclass
 class CallResult:
     """One call's outcome, counted at its client."""
 
@@ -248,10 +308,16 @@ class CallResult:
     answered: int = 0
     doubled: list[tuple[int, str, str]] = field(default_factory=list)
     stale_frames: int = 0
+    #: Positioned frames received again (same owner): resent, dropped by the client.
+    resent_frames: int = 0
     reconnects: int = 0
     incarnations: list[int] = field(default_factory=list)
     error: str = ""
     ended_early: bool = False
+    #: Per line spoken, how much of its audio the client dropped (no connection open).
+    cut_ms: list[float] = field(default_factory=list)
+    #: For a call that lost something: its lease and last output, read from the store.
+    autopsy: list[str] = field(default_factory=list)
     watch: Watch | None = None
 
     @property
@@ -283,6 +349,20 @@ class Fault:
     ok: bool = True
 
 
+T = TypeVar("T")
+
+
+async def again(read: Callable[[], Awaitable[T]], tries: int = 3) -> T:
+    """``read()``, tried again on a store error: after a Redis restart, each connection the
+    client pooled before it fails once (redis-py does not retry it)."""
+    for attempt in range(tries - 1):
+        try:
+            return await read()
+        except (StoreError, RedisError):
+            await asyncio.sleep(0.05 * (attempt + 1))
+    return await read()
+
+
 class Chaos:
     """The run's shared state: the cluster, the calls, the faults so far."""
 
@@ -299,7 +379,14 @@ class Chaos:
         self.moves_refused = 0
         self.hit_workers: dict[str, str] = {}  # name -> the kind of fault that hit it
         self.t0 = 0.0
+        self.wall0 = 0.0
+        #: Per timed fault kind: (ms to the new owner's first write, ms of output made again).
+        self.split: dict[str, list[tuple[float, float]]] = {}
         self.calls_done = asyncio.Event()
+        #: What the client library logged (reconnects), "<s since the start> <message>".
+        self.client_log: list[str] = []
+        demo, _ = script_lines(sc.lines)
+        self.expected = {normalize(d.user): normalize(d.reply or "") for d in demo}
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -317,8 +404,8 @@ class Chaos:
         for index, watch in self.live():
             sid = watch.call.session
             if sid:
-                with contextlib.suppress(StoreError):
-                    found[index] = (await self.store.lease_of(sid))[0]
+                with contextlib.suppress(StoreError, RedisError):
+                    found[index] = (await again(partial(self.store.lease_of, sid)))[0]
         return found
 
     async def busiest(self, exclude: tuple[str, ...] = ()) -> tuple[str, dict[int, str]]:
@@ -357,9 +444,15 @@ class Chaos:
     async def add_worker(self) -> str:
         name = f"w{self.next_worker}"
         self.next_worker += 1
-        self.cluster.worker(name, capacity=self.sc.capacity)
         self.workers.append(name)
-        await asyncio.to_thread(self.cluster.wait_ready, name)
+        for attempt in (1, 2):
+            self.cluster.worker(name, capacity=self.sc.capacity)
+            try:
+                await asyncio.to_thread(self.cluster.wait_ready, name)
+                break
+            except RuntimeError:  # exited at once (its port taken meanwhile?): once more
+                if attempt == 2:
+                    raise
         self.say(f"[{self.now():5.1f} s] {name} ready")
         return name
 
@@ -430,6 +523,8 @@ class Chaos:
 
     async def gateway(self) -> None:
         url = self.cluster.url("g1")
+        if self.sc.gateway_after_entries or self.sc.gateway_in_reply_ms:
+            await self._ripe(url)
         hit = [i for i, w in self.live() if w.gateway == url]
         self.strike("gateway", "g1", hit)
         self.cluster.signal("g1", signal.SIGKILL)
@@ -438,6 +533,28 @@ class Chaos:
         self.cluster.gateway("g1", port=self.cluster.ports["g1"])
         await asyncio.to_thread(self.cluster.wait_ready, "g1")
         self.say(f"[{self.now():5.1f} s] g1 back")
+
+    async def _ripe(self, url: str, timeout_s: float = 30.0) -> None:
+        """Wait until every live call through ``url`` is as the scenario wants it for a kill:
+        ``gateway_after_entries`` output entries stored, in a reply if asked."""
+        sc = self.sc
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            watches = [w for _, w in self.live() if w.gateway == url and w.call.session]
+            try:
+                lengths = [
+                    await again(partial(self.store.redis.xlen, keys.output(w.call.session)))
+                    for w in watches
+                ]
+            except RedisError:
+                lengths = []
+            long_enough = bool(lengths) and min(lengths) >= sc.gateway_after_entries
+            low, high = sc.gateway_in_reply_ms or (0.0, 0.0)
+            replying = all(w.mid_reply and low <= w.received_ms <= high for w in watches)
+            if long_enough and (replying or not sc.gateway_in_reply_ms):
+                return
+            await asyncio.sleep(0.05)
+        self.say(f"[{self.now():5.1f} s] (g1's calls never got as asked: killing it anyway)")
 
     async def redis(self) -> None:
         server = self.cluster.redis
@@ -465,6 +582,60 @@ class Chaos:
                     self.faults[-1].ok = False
                     self.faults[-1].note += f" failed: {exc!r}"
 
+    async def decompose(self) -> None:
+        """Split each takeover in the store's own times: until the new owner's first write,
+        then until its first audio the caller had not heard (what came between is output
+        the new owner made again from its checkpoint, which the gateway drops)."""
+        for f in self.faults:
+            if f.kind not in TIMED:
+                continue
+            for i in f.mid:
+                sid = self.results[i].session
+                start = f"{int(f.wall * 1000) - 3000}"
+                try:
+                    read = partial(self.store.redis.xrange, keys.output(sid), min=start, count=2000)
+                    raw = await again(read)
+                except RedisError:
+                    continue
+                before = f.inc_before.get(i, 0)
+                heard: dict[tuple[int, str], int] = {}
+                first_write = first_new = None
+                for entry_id, fields in raw:
+                    at_ms = int(entry_id.split(b"-")[0]) - f.wall * 1000
+                    entry = msgspec.msgpack.decode(fields[b"o"], type=OutputEntry)
+                    kind = _CODEC.decode(entry.event).kind
+                    key = (entry.turn, kind)
+                    if entry.token <= before:
+                        heard[key] = max(heard.get(key, 0), entry.index)
+                        continue
+                    if first_write is None:
+                        first_write = at_ms
+                    if kind == "audio.out" and entry.index > heard.get(key, 0):
+                        first_new = at_ms
+                        break
+                if first_write is not None and first_new is not None:
+                    self.split.setdefault(f.kind, []).append((first_write, first_new - first_write))
+
+    async def autopsy(self, last: int = 40) -> None:
+        """For each call that lost something: its owner now and its last output in the store."""
+        for r in self.results:
+            if not (r.dropped or r.lost) or not r.session:
+                continue
+            sid = r.session
+            try:
+                owner, token, _ = await again(partial(self.store.lease_of, sid))
+                raw = await again(partial(self.store.redis.xrevrange, keys.output(sid), count=last))
+            except (StoreError, RedisError) as exc:
+                r.autopsy = [f"store: {exc}"]
+                continue
+            tail = []
+            for entry_id, fields in reversed(raw):
+                entry = msgspec.msgpack.decode(fields[b"o"], type=OutputEntry)
+                event = _CODEC.decode(entry.event)
+                ms = int(entry_id.split(b"-")[0]) / 1000 - self.wall0
+                tail.append(f"{ms:.2f}s tok={entry.token} {event.kind} turn={event.turn}")
+            r.autopsy = [f"owner {owner or '-'} token {token}", *tail]
+
     # -- the calls -----------------------------------------------------------------------------
 
     async def one_call(self, index: int, lines: list[Line]) -> None:
@@ -482,25 +653,25 @@ class Chaos:
                 fallback_urls=[cluster.url(other)],
             ) as call:
                 result.session = call.session
-                result.watch = Watch(call)
-                caller = Caller(call, lines, max_wait_s=sc.max_wait_s)
+                result.watch = Watch(call, self.expected)
+                caller = MicCaller(call, lines, frame_ms=sc.frame_ms, max_wait_s=sc.max_wait_s)
                 try:
                     await caller.play()
                 finally:
                     result.said = len(caller.spoken)
+                    result.cut_ms = caller.cut_ms()
                 result.ended_early = call.ended
-            verdict = judge(call, said=result.said)
+        except Exception as exc:  # a call that could not go on: counted, not raised
+            result.error = f"{type(exc).__name__}: {exc}"
+        watch = result.watch
+        if watch is not None:  # judged from what it heard, however it ended
+            verdict = judge(watch.call, said=result.said)
             result.answered = verdict.answered
             result.doubled = verdict.doubled
             result.stale_frames = verdict.stale_frames
-            result.reconnects = call.reconnects
-        except Exception as exc:  # a call that could not go on: counted, not raised
-            result.error = f"{type(exc).__name__}: {exc}"
-            watch = result.watch
-            if watch is not None:
-                result.stale_frames = watch.call.protocol.stale
-        if result.watch is not None:
-            result.incarnations = sorted(result.watch.first_audio)
+            result.resent_frames = watch.call.protocol.duplicates - verdict.stale_frames
+            result.reconnects = watch.call.reconnects
+            result.incarnations = sorted(watch.first_audio)
 
 
 # -- measuring the machine ---------------------------------------------------------------------
@@ -514,22 +685,64 @@ def _cpu_times() -> tuple[float, float]:
     return sum(parts) - idle, sum(parts)
 
 
-class Machine:
-    """The machine's busy share (per second) and this process's event-loop lag."""
+def _proc_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) a process has used so far, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (float(fields[11]) + float(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def __init__(self) -> None:
+
+class Machine:
+    """The machine's busy share (per second), CPU per role, and this process's loop lag."""
+
+    def __init__(self, cluster: ProcessCluster | None = None) -> None:
+        self.cluster = cluster
         self.busy: list[float] = []
         self.lag_ms: list[float] = []
+        #: CPU seconds per process (role name; "client": this process), last seen.
+        self.cpu_s: dict[str, float] = {}
         self._start = _cpu_times()
+        self._own_start = time.process_time()
+        self._base: dict[int, float] = {}
+
+    def _sample(self) -> None:
+        cluster = self.cluster
+        if cluster is None:
+            return
+        procs = {name: p.pid for name, p in cluster.procs.items()}
+        if cluster.redis is not None and cluster.redis.proc is not None:
+            procs["redis"] = cluster.redis.proc.pid
+        for name, pid in procs.items():
+            used = _proc_cpu_s(pid)
+            if used is None:
+                continue
+            # A process there from the start counts from now; a later one, its whole life.
+            base = self._base.setdefault(pid, used if not self.cpu_s else 0.0)
+            key = name.rstrip("0123456789") or name
+            # (a role restarted under the same name, e.g. g1 or redis, adds up)
+            self.cpu_s[f"{key}:{pid}"] = used - base
+        self.cpu_s["client"] = time.process_time() - self._own_start
+
+    def cpu_by_role(self) -> dict[str, float]:
+        roles: dict[str, float] = {}
+        for key, used in self.cpu_s.items():
+            role = key.split(":")[0]
+            roles[role] = round(roles.get(role, 0.0) + used, 1)
+        return roles
 
     async def watch_cpu(self) -> None:
         last = _cpu_times()
+        self._sample()
         while True:
             await asyncio.sleep(1.0)
             now = _cpu_times()
             if now[1] > last[1]:
                 self.busy.append((now[0] - last[0]) / (now[1] - last[1]))
             last = now
+            self._sample()
 
     async def watch_loop(self, every_s: float = 0.01) -> None:
         loop = asyncio.get_running_loop()
@@ -604,8 +817,8 @@ def _attributed(chaos: Chaos) -> tuple[dict[str, dict[str, Any]], list[float]]:
             1
             for r in chaos.results
             if r.watch is not None
-            for turn, _, _ in r.doubled
-            if _reply_span(r.watch, turn)[0] - 0.5 <= f.at <= _reply_span(r.watch, turn)[1]
+            for t in r.watch.doubled_at.values()
+            if f.at <= t < until
         )
         per.setdefault(
             f.kind,
@@ -629,6 +842,7 @@ def _attributed(chaos: Chaos) -> tuple[dict[str, dict[str, Any]], list[float]]:
     out = {
         kind: {
             "faults": e["faults"],
+            **_split(chaos.split.get(kind, [])),
             "calls_hit": e["hit"],
             "mid_reply": e["mid_reply"],
             "pause_ms": _stats(e["pauses"]),
@@ -648,12 +862,34 @@ def _reply_span(watch: Watch, turn: int) -> tuple[float, float]:
     return start, watch.last_played.get(turn, start)
 
 
+def _replies(watch: Watch, t0: float) -> list[dict[str, Any]]:
+    """Each reply of a call as its client saw it (for a call with a loss)."""
+    out = []
+    for r in watch.call.record.replies:
+        start, end = _reply_span(watch, r.turn)
+        out.append(
+            {
+                "turn": r.turn,
+                "user": r.user,
+                "ended": r.ended,
+                "interrupted": r.interrupted,
+                "span_s": [round(start - t0, 2), round(end - t0, 2)],
+                "received_ms": round(r.received_ms),
+                "played_ms": round(r.played_ms),
+                "heard_chars": len(r.heard),
+                "reply_chars": len(r.reply),
+            }
+        )
+    kinds = [(round(t - t0, 2), n) for t, n in watch.stale_at]
+    return out + ([{"stale_at_s": kinds}] if kinds else [])
+
+
 def details(chaos: Chaos) -> dict[str, Any]:
     """What each fault hit and what each call with a loss heard (for ``--out``)."""
     t0 = chaos.t0
     calls = []
     for r in chaos.results:
-        if not (r.dropped or r.lost or r.doubled or r.stale_frames):
+        if not (r.dropped or r.lost or r.doubled or r.stale_frames or r.resent_frames):
             continue
         w = r.watch
         calls.append(
@@ -665,6 +901,11 @@ def details(chaos: Chaos) -> dict[str, Any]:
                 "said": r.said,
                 "answered": r.answered,
                 "stale_frames": r.stale_frames,
+                "resent_frames": r.resent_frames,
+                "cut_ms": r.cut_ms,
+                "disconnects": []
+                if w is None
+                else [(round(t - t0, 2), code, why) for t, code, why in w.disconnects],
                 "stale_at_s": [] if w is None else [(round(t - t0, 2), n) for t, n in w.stale_at],
                 "doubled": [
                     {
@@ -677,8 +918,11 @@ def details(chaos: Chaos) -> dict[str, Any]:
                     }
                     for turn, heard, text in r.doubled
                 ],
+                "hit_by": [f"{f.kind}@{f.at - t0:.1f}s" for f in chaos.faults if r.index in f.hit],
                 "incarnations": r.incarnations,
                 "reconnects": r.reconnects,
+                "replies": [] if w is None else _replies(w, t0),
+                "autopsy": r.autopsy,
             }
         )
     faults = [
@@ -692,7 +936,16 @@ def details(chaos: Chaos) -> dict[str, Any]:
         }
         for f in chaos.faults
     ]
-    return {"faults": faults, "calls_with_losses": calls}
+    return {"faults": faults, "calls_with_losses": calls, "client_log": chaos.client_log[:200]}
+
+
+def _split(found: list[tuple[float, float]]) -> dict[str, Any]:
+    if not found:
+        return {}
+    return {
+        "first_write_ms": _stats([w for w, _ in found]),
+        "made_again_ms": _stats([r for _, r in found]),
+    }
 
 
 _FAILOVER = re.compile(r"dispatcher \S+: (\w+) lost its owner (\S+)")
@@ -757,6 +1010,8 @@ def summary(chaos: Chaos, machine: Machine | None, wall_s: float) -> dict[str, A
         "utterances_lost": sum(r.lost for r in results),
         "replies_doubled": sum(len(r.doubled) for r in results),
         "stale_owner_frames": sum(r.stale_frames for r in results),
+        "resent_frames": sum(r.resent_frames for r in results),
+        "utterances_cut_by_disconnect": sum(sum(c > 0 for c in r.cut_ms) for r in results),
         "pause_ms_p50": kill.get("pause_ms", {}).get("p50"),
         "pause_ms_p95": kill.get("pause_ms", {}).get("p95"),
         "pause_ms_max": kill.get("pause_ms", {}).get("max"),
@@ -783,6 +1038,8 @@ def summary(chaos: Chaos, machine: Machine | None, wall_s: float) -> dict[str, A
         }
         out["cpu_busy"] = round(machine.overall_busy(), 3)
         out["cpu_busy_max_1s"] = round(max(machine.busy, default=0.0), 3)
+        machine._sample()
+        out["cpu_s_by_role"] = machine.cpu_by_role()
     targets = {
         "zero_losses": all(
             out[k] == 0
@@ -824,16 +1081,34 @@ def chaos_cluster(sc: Scenario, log_dir: Path | None = None) -> Iterator[Process
     spec_dir = Path(tempfile.mkdtemp(prefix="rspp-chaos-"))
     spec = spec_dir / "chaos.yaml"
     spec.write_bytes(msgspec.yaml.encode(demo_pipeline(demo).spec))
-    with ProcessCluster([str(spec), "--lead-ms", "60"], log_dir=log_dir) as cluster:
-        cluster.dispatcher("d1")
-        cluster.dispatcher("d2")
-        names = [f"w{n + 1}" for n in range(sc.workers)]
-        for name in names:
-            cluster.worker(name, capacity=sc.capacity)
-        cluster.gateway("g1")
-        cluster.gateway("g2")
-        cluster.wait_ready(*names, "g1", "g2", timeout_s=120)
-        yield cluster
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)  # (ProcessCluster does not make it)
+    names = [f"w{n + 1}" for n in range(sc.workers)]
+    for attempt in (1, 2):
+        cluster = ProcessCluster([str(spec), "--lead-ms", "60"], log_dir=log_dir).start()
+        try:
+            cluster.dispatcher("d1")
+            cluster.dispatcher("d2")
+            for name in names:
+                cluster.worker(name, capacity=sc.capacity)
+            cluster.gateway("g1")
+            cluster.gateway("g2")
+            cluster.wait_ready(*names, "g1", "g2", timeout_s=120)
+        except RuntimeError:
+            # A role that exited at once: most likely its port, free when ProcessCluster
+            # chose it, was taken meanwhile by another process of this machine. Once more.
+            cluster.stop()
+            if attempt == 2:
+                raise
+            continue
+        except BaseException:  # (a timeout, ^C: nothing is left running)
+            cluster.stop()
+            raise
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+        return
 
 
 async def run_chaos(
@@ -842,9 +1117,15 @@ async def run_chaos(
     """The calls and the faults, on a ready cluster (:func:`chaos_cluster`)."""
     _, lines = script_lines(sc.lines)
     chaos = Chaos(sc, cluster, say)
-    machine = Machine()
+    machine = Machine(cluster)
     loop = asyncio.get_running_loop()
     chaos.t0 = loop.time()
+    chaos.wall0 = time.time()
+    handler = _Collect(chaos)
+    client_log = logging.getLogger("rspp.client")
+    client_log.addHandler(handler)
+    level = client_log.level
+    client_log.setLevel(logging.INFO)
     try:
         async with asyncio.TaskGroup() as tg:
             watchers = [tg.create_task(machine.watch_cpu()), tg.create_task(machine.watch_loop())]
@@ -855,20 +1136,37 @@ async def run_chaos(
             await scheduler
             for task in watchers:
                 task.cancel()
+        await chaos.autopsy()
+        await chaos.decompose()
     finally:
+        client_log.removeHandler(handler)
+        client_log.setLevel(level)
         with contextlib.suppress(Exception):
             await chaos.store.close()
     return chaos, machine
+
+
+class _Collect(logging.Handler):
+    """Keeps what the client library logs (its reconnects), timed from the run's start."""
+
+    def __init__(self, chaos: Chaos) -> None:
+        super().__init__(logging.INFO)
+        self.chaos = chaos
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.chaos.client_log.append(
+            f"{record.created - self.chaos.wall0:.2f}s {record.getMessage()}"
+        )
 
 
 def _print_summary(out: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=max(130, Console().width))
     table = Table(title=f"chaos: {out['calls']} calls, {out['faults']['count']} faults")
-    columns = ["fault", "calls hit", "mid-reply", "pause p50", "p95", "max", "takeover p50"]
-    columns += ["p95", "stale frames", "doubled"]
+    columns = ["fault", "hit", "mid-reply", "pause p50", "p95", "max", "takeover p50", "p95"]
+    columns += ["1st write p50", "made again p50", "stale", "doubled"]
     for column in columns:
         table.add_column(column, justify="left" if column == "fault" else "right")
     for kind, e in out["per_fault"].items():
@@ -880,19 +1178,18 @@ def _print_summary(out: dict[str, Any]) -> None:
             *(_ms(p[k]) for k in ("p50", "p95", "max")),
             _ms(t["p50"]),
             _ms(t["p95"]),
+            _ms(e.get("first_write_ms", {}).get("p50")),
+            _ms(e.get("made_again_ms", {}).get("p50")),
             str(e["stale_frames"]),
             str(e["replies_doubled"]),
         )
     console.print(table)
     losses = Table(title="counted at the clients (target: all zero)")
+    counts = ("calls_dropped", "utterances_lost", "replies_doubled", "stale_owner_frames")
     for column in ("calls dropped", "utterances lost", "replies doubled", "stale frames"):
         losses.add_column(column, justify="right")
-    losses.add_row(
-        *(
-            str(out[k])
-            for k in ("calls_dropped", "utterances_lost", "replies_doubled", "stale_owner_frames")
-        )
-    )
+    losses.add_column("(resent frames)", justify="right")
+    losses.add_row(*(str(out[k]) for k in counts), str(out["resent_frames"]))
     console.print(losses)
     lag = out.get("client_loop_lag_ms", {})
     console.print(
@@ -922,13 +1219,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=50, help="concurrent calls (default 50)")
     parser.add_argument("--workers", type=int, default=3, help="workers at the start (>= 3)")
     parser.add_argument("--quick", action="store_true", help="a small run: 8 calls")
+    parser.add_argument("--frame-ms", type=float, default=20.0, help="caller frames (ms)")
     parser.add_argument("--out", type=Path, help="also write the final JSON here")
     parser.add_argument("--log-dir", type=Path, help="the roles' logs (default: a temp dir)")
     args = parser.parse_args(argv)
     if args.workers < 3:
         parser.error("--workers must be at least 3 (one is killed, one drained, one paused)")
     calls = 8 if args.quick and args.calls == 50 else args.calls
-    sc = Scenario(calls=calls, workers=args.workers, moves=min(5, max(1, calls // 8)))
+    sc = Scenario(
+        calls=calls,
+        workers=args.workers,
+        moves=min(5, max(1, calls // 8)),
+        frame_ms=args.frame_ms,
+    )
 
     started = time.monotonic()
     with chaos_cluster(sc, args.log_dir) as cluster:
