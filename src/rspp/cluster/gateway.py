@@ -62,6 +62,7 @@ class ClusterPort:
         spec: PipelineSpec,
         *,
         resume_after: tuple[int, int] | None = None,
+        seq_after: tuple[int, int] | None = None,
     ) -> None:
         self._host = host
         self._store = host.store
@@ -77,6 +78,7 @@ class ClusterPort:
         self._closed = False
         self._ended = asyncio.Event()
         self._resume_after = resume_after
+        self._seq_after = seq_after
         self._task: asyncio.Task[None] | None = None
 
     # -- the SessionPort interface ----------------------------------------------------------
@@ -248,10 +250,13 @@ class ClusterPort:
         """What a reattached client has not received: after its last output position."""
         mark = self._resume_after
         assert mark is not None
+        seq_mark = self._seq_after
         cut = -1
         for i, (_, event) in enumerate(items):
             if event.pos and (event.inc, event.pos) <= mark:
                 cut = i
+            elif seq_mark is not None and event.seq and (event.inc, event.seq) <= seq_mark:
+                cut = i  # text the client had after its last audio frame
         for entry, event in items[: cut + 1]:
             self._filter.admit(entry, event.kind)  # known, not forwarded
         return items[cut + 1 :]
@@ -383,20 +388,31 @@ class ClusterHost:
         await self.store.update(sid, state="refused", reason="no worker took it in time")
         raise HostFull(f"no worker took the call within {self.open_timeout_s:.0f} s")
 
-    async def reattach(self, sid: str, last_pos: tuple[int, int] | None) -> ClusterPort | None:
-        """A call another gateway served (it died): carry on from the client's last position."""
+    async def reattach(
+        self,
+        sid: str,
+        last_pos: tuple[int, int] | None,
+        last_seq: tuple[int, int] | None = None,
+    ) -> ClusterPort | None:
+        """A call another gateway served (it died): carry on from the client's last position.
+
+        None: no such call (any more). Raises :class:`~rspp.kernel.SessionClosed` when
+        the store cannot say now (the client tries again).
+        """
         if sid in self._ports and not self._ports[sid].closed:
             return self._ports[sid]
         try:
             record = await self.store.record(sid)
-        except StoreError:
-            return None
+        except StoreError as exc:
+            raise SessionClosed(f"the cluster's store is unavailable: {exc}") from exc
         if record is None or record.state in ("ended", "refused"):
             return None
         spec = self._specs.get(record.pipeline)
         if spec is None:
             return None
-        port = ClusterPort(self, sid, record.pipeline, spec, resume_after=last_pos or (0, 0))
+        port = ClusterPort(
+            self, sid, record.pipeline, spec, resume_after=last_pos or (0, 0), seq_after=last_seq
+        )
         return self._start(port)
 
     def _start(self, port: ClusterPort) -> ClusterPort:

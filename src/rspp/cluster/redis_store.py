@@ -26,6 +26,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -200,6 +202,10 @@ class RedisStore:
         password = os.environ.get("RSPP_REDIS_PASSWORD") or None
         username = os.environ.get("RSPP_REDIS_USERNAME") or None
         options: dict[str, Any] = {
+            # After a restart of the server every pooled connection is dead: retry each
+            # command a few times on a fresh one instead of failing once per connection.
+            "retry": Retry(ExponentialBackoff(cap=0.25, base=0.01), 3),
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
             "socket_connect_timeout": timeout_s,
             # Blocking reads wait at most a second; a silent socket beyond that is a dead one.
             "socket_timeout": timeout_s + 2.0,

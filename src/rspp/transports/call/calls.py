@@ -320,7 +320,12 @@ class CallRegistry:
         self._group.create_task(self._run(call))
         return call
 
-    async def resume(self, token: str, last_pos: tuple[int, int] | None = None) -> Call | None:
+    async def resume(
+        self,
+        token: str,
+        last_pos: tuple[int, int] | None = None,
+        last_seq: tuple[int, int] | None = None,
+    ) -> Call | None:
         """The call a resume token names: held here, or (a cluster's gateway) reattached.
 
         A call this server never held -- another gateway served it and died -- is
@@ -335,7 +340,7 @@ class CallRegistry:
         reattach = getattr(self.host, "reattach", None)
         if reattach is None or self._group is None:
             return None
-        port = await reattach(sid, last_pos)
+        port = await reattach(sid, last_pos, last_seq)
         if port is None:
             return None
         call = self._start(port, getattr(port, "pipeline", "") or self.host.pipelines[0], token)

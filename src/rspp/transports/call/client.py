@@ -462,6 +462,8 @@ class CallClient:
         self.ready: Ready | None = None
         #: The highest ``(inc, pos)`` accepted (``None``: nothing positioned yet).
         self.last_pos: tuple[int, int] | None = None
+        #: The highest ``(inc, seq)`` of an event received (text included; see ``Hello``).
+        self.last_seq: tuple[int, int] | None = None
         #: Positioned frames dropped as already received (resends after a resume).
         self.duplicates = 0
         #: Of those, the ones from an older incarnation than one already received (output of
@@ -498,6 +500,7 @@ class CallClient:
                     output=self.output,
                     resume=ready.resume_token if ready is not None else "",
                     last_pos=(self.last_pos or (0, 0)) if ready is not None else None,
+                    last_seq=self.last_seq if ready is not None else None,
                 )
             )
         ]
@@ -549,6 +552,8 @@ class CallClient:
             raise WireError("a server does not send call.hello")
         if message.pos and not self._new(message.inc, message.pos):
             return []
+        if message.seq and (self.last_seq is None or (message.inc, message.seq) > self.last_seq):
+            self.last_seq = (message.inc, message.seq)
         out: list[Happening] = [Received(message)]
         playout = self.playout
         kind = message.kind

@@ -130,7 +130,10 @@ class CallEndpoint:
         header = ws.headers.get("authorization", "")
         token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
         if hello.resume:
-            call = await registry.resume(hello.resume, hello.last_pos)
+            try:
+                call = await registry.resume(hello.resume, hello.last_pos, hello.last_seq)
+            except SessionClosed as exc:  # cannot tell now (a cluster's store is away)
+                raise proto.refuse(4503, f"try again: {exc}") from exc
             if call is None:
                 raise proto.refuse(4404, "no such call (unknown resume token, or the call ended)")
         else:

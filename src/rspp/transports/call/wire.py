@@ -89,6 +89,9 @@ class Hello(msgspec.Struct, tag="call.hello", tag_field="kind", kw_only=True, fr
     resume: str = ""
     #: The highest ``(inc, pos)`` this client received on that call (nothing at or below is resent).
     last_pos: tuple[int, int] | None = None
+    #: The highest ``(inc, seq)`` of any event it received, text included: a gateway that
+    #: takes the call up from the store resends no event at or below it.
+    last_seq: tuple[int, int] | None = None
 
 
 class Ready(msgspec.Struct, tag="call.ready", tag_field="kind", kw_only=True, frozen=True):
