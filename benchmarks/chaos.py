@@ -68,6 +68,7 @@ import logging
 import os
 import platform
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -1084,31 +1085,34 @@ def chaos_cluster(sc: Scenario, log_dir: Path | None = None) -> Iterator[Process
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)  # (ProcessCluster does not make it)
     names = [f"w{n + 1}" for n in range(sc.workers)]
-    for attempt in (1, 2):
-        cluster = ProcessCluster([str(spec), "--lead-ms", "60"], log_dir=log_dir).start()
-        try:
-            cluster.dispatcher("d1")
-            cluster.dispatcher("d2")
-            for name in names:
-                cluster.worker(name, capacity=sc.capacity)
-            cluster.gateway("g1")
-            cluster.gateway("g2")
-            cluster.wait_ready(*names, "g1", "g2", timeout_s=120)
-        except RuntimeError:
-            # A role that exited at once: most likely its port, free when ProcessCluster
-            # chose it, was taken meanwhile by another process of this machine. Once more.
-            cluster.stop()
-            if attempt == 2:
+    try:
+        for attempt in (1, 2):
+            cluster = ProcessCluster([str(spec), "--lead-ms", "60"], log_dir=log_dir).start()
+            try:
+                cluster.dispatcher("d1")
+                cluster.dispatcher("d2")
+                for name in names:
+                    cluster.worker(name, capacity=sc.capacity)
+                cluster.gateway("g1")
+                cluster.gateway("g2")
+                cluster.wait_ready(*names, "g1", "g2", timeout_s=120)
+            except RuntimeError:
+                # A role that exited at once: most likely its port, free when ProcessCluster
+                # chose it, was taken meanwhile by another process of this machine. Once more.
+                cluster.stop()
+                if attempt == 2:
+                    raise
+                continue
+            except BaseException:  # (a timeout, ^C: nothing is left running)
+                cluster.stop()
                 raise
-            continue
-        except BaseException:  # (a timeout, ^C: nothing is left running)
-            cluster.stop()
-            raise
-        try:
-            yield cluster
-        finally:
-            cluster.stop()
-        return
+            try:
+                yield cluster
+            finally:
+                cluster.stop()
+            return
+    finally:
+        shutil.rmtree(spec_dir, ignore_errors=True)
 
 
 async def run_chaos(

@@ -13,8 +13,10 @@ state machine drops whatever the server resends that we already had. With
 ``reconnect_attempts`` > 0 the call does that by itself when a connection is
 lost (not when the server ended the call or refused it for good: the close
 codes in :data:`FINAL_CODES`), backing off between attempts; the call ends
-when they are used up. Audio sent while no connection is open is dropped (a
-microphone does not wait).
+when they are used up. Audio sent while no connection is open is held (the
+newest ``hold_audio_ms``, see :class:`~rspp.transports.call.client.CallClient`)
+and sent first on the resumed connection; a call that cannot be resumed drops it.
+``fallback_urls`` are other gateways of a cluster, tried in turn.
 """
 
 from __future__ import annotations
