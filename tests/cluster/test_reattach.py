@@ -36,5 +36,12 @@ def test_the_cut_covers_text_received_after_the_last_audio_frame() -> None:
         old = ClusterPort(host, "s", "demo", spec, resume_after=(1, 7))
         kept = old._after_resume_point(_items([frame, *text, later, done]))
         assert [ev for _, ev in kept] == [*text, later, done]
+        # A new owner numbers seq on from its checkpoint: lower seqs, higher inc.
+        again = [
+            LlmDelta(text="d", turn=3, inc=2, seq=30),
+            AudioOut(pcm=bytes(640), turn=3, inc=2, pos=5, seq=31),
+        ]
+        kept = port._after_resume_point(_items([frame, *text, *again]))
+        assert [ev for _, ev in kept] == again
 
     asyncio.run(body())

@@ -220,7 +220,10 @@ class ClusterPort:
             for _, raw in found:
                 try:
                     entry = _ENTRY.decode(raw)
-                    items.append((entry, _CODEC.decode(entry.event)))
+                    event = _CODEC.decode(entry.event)
+                    if not event.inc:  # text and turn events: whose they are, for a resume
+                        event.inc = entry.token
+                    items.append((entry, event))
                 except (msgspec.DecodeError, DecodeError) as exc:
                     log.warning("session %s: undecodable output dropped: %s", self._sid, exc)
             if first and self._resume_after is not None:
@@ -228,7 +231,7 @@ class ClusterPort:
             first = False
             before = (self._filter.duplicates, self._filter.stale)
             for event in self._filter.batch(items):
-                self._out.put(event)
+                self._out.put(event)  # (its inc: the writer's token, stamped on decoding)
                 if event.kind == "session.end":
                     return
             m = self._host.metrics
@@ -247,19 +250,36 @@ class ClusterPort:
     def _after_resume_point(
         self, items: list[tuple[OutputEntry, Event]]
     ) -> list[tuple[OutputEntry, Event]]:
-        """What a reattached client has not received: after its last output position."""
+        """What a reattached client has not received, judged event by event.
+
+        A positioned event: above the client's ``last_pos``. Another (text, turn
+        events): above its ``last_seq`` -- ``(inc, seq)``, the incarnation being the
+        writer's token, so a new owner's events (which number ``seq`` on from an older
+        checkpoint) are never taken for old ones. A client that does not say
+        ``last_seq`` gets the text after its last positioned event again.
+        """
         mark = self._resume_after
         assert mark is not None
         seq_mark = self._seq_after
-        cut = -1
-        for i, (_, event) in enumerate(items):
-            if event.pos and (event.inc, event.pos) <= mark:
-                cut = i
-            elif seq_mark is not None and event.seq and (event.inc, event.seq) <= seq_mark:
-                cut = i  # text the client had after its last audio frame
-        for entry, event in items[: cut + 1]:
-            self._filter.admit(entry, event.kind)  # known, not forwarded
-        return items[cut + 1 :]
+        last_known = -1
+        if seq_mark is None:
+            for i, (entry, event) in enumerate(items):
+                if event.pos and (event.inc or entry.token, event.pos) <= mark:
+                    last_known = i
+        kept: list[tuple[OutputEntry, Event]] = []
+        for i, (entry, event) in enumerate(items):
+            inc = event.inc or entry.token
+            if event.pos:
+                known = (inc, event.pos) <= mark
+            elif seq_mark is not None:
+                known = (inc, event.seq) <= seq_mark
+            else:
+                known = i < last_known
+            if known:
+                self._filter.admit(entry, event.kind)  # the client has it: not again
+            else:
+                kept.append((entry, event))
+        return kept
 
 
 class ClusterHost:
