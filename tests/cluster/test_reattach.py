@@ -11,13 +11,17 @@ from rspp.demo import demo_pipeline
 from rspp.events import AudioOut, Event, LlmDelta, TurnDone
 
 
-def _items(events: list[Event]) -> list[tuple[OutputEntry, Event]]:
+def _items(
+    events: list[Event], token_of: dict[int, int] | None = None
+) -> list[tuple[OutputEntry, Event]]:
+    """Output entries as a worker writes them (token 1 unless ``token_of`` says)."""
+    token_of = token_of or {}
     counts: dict[tuple[int, str], int] = {}
     out = []
     for ev in events:
         key = (ev.turn, ev.kind)
         counts[key] = counts.get(key, 0) + 1
-        out.append((OutputEntry(1, ev.turn, counts[key], b""), ev))
+        out.append((OutputEntry(token_of.get(id(ev), 1), ev.turn, counts[key], b""), ev))
     return out
 
 
@@ -26,8 +30,9 @@ def test_the_cut_covers_text_received_after_the_last_audio_frame() -> None:
         spec = demo_pipeline().spec
         host = ClusterHost(MemoryStore(), {"demo": spec})
         frame = AudioOut(pcm=bytes(640), turn=2, inc=1, pos=7, seq=40)
-        text = [LlmDelta(text=w, turn=3, inc=1, seq=41 + n) for n, w in enumerate(["a", "b"])]
-        later = LlmDelta(text="c", turn=3, inc=1, seq=43)
+        # Text carries no inc on the wire; the stream knows its writer's token.
+        text = [LlmDelta(text=w, turn=3, seq=41 + n) for n, w in enumerate(["a", "b"])]
+        later = LlmDelta(text="c", turn=3, seq=43)
         done = TurnDone(turn=3, inc=1, pos=8, seq=44)
         port = ClusterPort(host, "s", "demo", spec, resume_after=(1, 7), seq_after=(1, 42))
         kept = port._after_resume_point(_items([frame, *text, later, done]))

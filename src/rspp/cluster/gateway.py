@@ -220,10 +220,7 @@ class ClusterPort:
             for _, raw in found:
                 try:
                     entry = _ENTRY.decode(raw)
-                    event = _CODEC.decode(entry.event)
-                    if not event.inc:  # text and turn events: whose they are, for a resume
-                        event.inc = entry.token
-                    items.append((entry, event))
+                    items.append((entry, _CODEC.decode(entry.event)))
                 except (msgspec.DecodeError, DecodeError) as exc:
                     log.warning("session %s: undecodable output dropped: %s", self._sid, exc)
             if first and self._resume_after is not None:
@@ -231,7 +228,7 @@ class ClusterPort:
             first = False
             before = (self._filter.duplicates, self._filter.stale)
             for event in self._filter.batch(items):
-                self._out.put(event)  # (its inc: the writer's token, stamped on decoding)
+                self._out.put(event)
                 if event.kind == "session.end":
                     return
             m = self._host.metrics

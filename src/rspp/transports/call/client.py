@@ -552,8 +552,12 @@ class CallClient:
             raise WireError("a server does not send call.hello")
         if message.pos and not self._new(message.inc, message.pos):
             return []
-        if message.seq and (self.last_seq is None or (message.inc, message.seq) > self.last_seq):
-            self.last_seq = (message.inc, message.seq)
+        if message.seq:
+            # Text has no incarnation on the wire (``inc`` marks positioned events): it is
+            # the current owner's, the one of the last positioned event received.
+            inc = message.inc or (self.last_pos[0] if self.last_pos else 0)
+            if self.last_seq is None or (inc, message.seq) > self.last_seq:
+                self.last_seq = (inc, message.seq)
         out: list[Happening] = [Received(message)]
         playout = self.playout
         kind = message.kind
