@@ -99,6 +99,7 @@ const page = {
   leadMs: null,
   resumes: 0,
   lastPos: null, // the highest [inc, pos] received
+  lastSeq: null, // the highest [inc, seq] of any event received (text too): a resume says it
   micLevel: 0, // RMS of the last microphone frame, 0..1
   micDb: -Infinity,
   micPeak: 0, // the loudest sample seen this call, 0..1
@@ -244,6 +245,7 @@ class Call {
           output: format,
           resume: resume ? this.resumeToken : "",
           last_pos: resume ? page.lastPos : null,
+          last_seq: resume ? page.lastSeq : null,
         }),
       );
     };
@@ -360,6 +362,14 @@ class Call {
     }
     const kind = msg.kind;
     if ((msg.inc || msg.pos) && !this.advance(msg.inc || 0, msg.pos || 0)) return;
+    if (msg.seq) {
+      // Text has no incarnation on the wire: it is the one of the last positioned event.
+      const inc = msg.inc || (page.lastPos ? page.lastPos[0] : 0);
+      const last = page.lastSeq;
+      if (!last || inc > last[0] || (inc === last[0] && msg.seq > last[1])) {
+        page.lastSeq = [inc, msg.seq];
+      }
+    }
     const now = performance.now();
     page.events.push({ kind, turn: msg.turn, at: now });
     if (page.events.length > MAX_EVENTS) page.events.splice(0, page.events.length - MAX_EVENTS);
@@ -724,7 +734,7 @@ function startCall() {
   const lists = ["transcript", "replies", "latency", "clears", "positions", "errors", "closes"];
   for (const key of [...lists, "events", "log"]) page[key] = [];
   Object.assign(page, {
-    session: null, resumes: 0, lastPos: null, micPeak: 0, micFrames: 0, micFramesSent: 0,
+    session: null, resumes: 0, lastPos: null, lastSeq: null, micPeak: 0, micFrames: 0, micFramesSent: 0,
     micFramesDropped: 0, framesReceived: 0, framesPlayed: 0, framesDuplicate: 0, framesEmpty: 0,
     framesLate: 0, underruns: 0, bufferedMs: 0,
   });
