@@ -402,12 +402,14 @@ class RedisStore:
         ids = (await self._call(run))[:-1]
         return _seq(ids[-1]) if ids else 0
 
-    async def read_input(self, sid: str, after: int, block_ms: int) -> list[InputEntry]:
-        key = keys.input_log(sid)
-        start = _entry_id(after)
-        found = await self._call(
-            lambda: self.redis.xread({key: start}, count=1000, block=block_ms or None)
+    async def _xread(self, key: str, after: str, count: int, block_ms: int) -> Any:
+        """One stream's entries after ``after`` (blocking up to ``block_ms``; 0: not at all)."""
+        return await self._call(
+            lambda: self.redis.xread({key: after}, count=count, block=block_ms or None)
         )
+
+    async def read_input(self, sid: str, after: int, block_ms: int) -> list[InputEntry]:
+        found = await self._xread(keys.input_log(sid), _entry_id(after), 1000, block_ms)
         entries: list[InputEntry] = []
         for _, items in found or ():
             for entry_id, fields in items:
@@ -430,15 +432,7 @@ class RedisStore:
             raise Fenced(f"session {sid}: token {lease.token} is not the owner's")
 
     async def read_output(self, sid: str, after: str, block_ms: int) -> list[tuple[str, bytes]]:
-        key = keys.output(sid)
-        found = await self._call(
-            lambda: self.redis.xread({key: after}, count=1000, block=block_ms or None)
-        )
-        return [
-            (_text(entry_id), fields[b"o"])
-            for _, items in found or ()
-            for entry_id, fields in items
-        ]
+        return _items(await self._xread(keys.output(sid), after, 1000, block_ms), b"o")
 
     async def output_tail(self, sid: str, count: int) -> list[bytes]:
         found = await self._call(lambda: self.redis.xrevrange(keys.output(sid), count=count))
@@ -479,15 +473,7 @@ class RedisStore:
         )
 
     async def tasks(self, worker: str, after: str, block_ms: int) -> list[tuple[str, bytes]]:
-        key = keys.worker_inbox(worker)
-        found = await self._call(
-            lambda: self.redis.xread({key: after}, count=100, block=block_ms or None)
-        )
-        return [
-            (_text(entry_id), fields[b"t"])
-            for _, items in found or ()
-            for entry_id, fields in items
-        ]
+        return _items(await self._xread(keys.worker_inbox(worker), after, 100, block_ms), b"t")
 
     async def request(self, request: bytes) -> None:
         await self._call(lambda: self.redis.xadd(keys.DISPATCH, {"r": request}, maxlen=100_000))
@@ -538,11 +524,7 @@ class RedisStore:
                 self._group_ready = False
                 return []
             raise
-        return [
-            (_text(entry_id), fields[b"r"])
-            for _, items in fresh or ()
-            for entry_id, fields in items
-        ]
+        return _items(fresh, b"r")
 
     async def done(self, ids: Sequence[str]) -> None:
         if not ids:
