@@ -32,7 +32,7 @@ from rspp.cluster.stamps import OutputFilter
 from rspp.cluster.store import SessionStore, StoreError, StoreUnavailable
 from rspp.events import DecodeError, Event, MsgpackCodec, PlaybackPosition
 from rspp.kernel import PipelineSpec, SessionClosed
-from rspp.transports.port import HostFull, _Output
+from rspp.transports.port import HostFull, OutputBuffer, lead_of
 
 __all__ = ["ClusterHost", "ClusterPort"]
 
@@ -44,11 +44,6 @@ _ENTRY = msgspec.msgpack.Decoder(OutputEntry)
 INPUT_LIMIT = 500
 #: A session's keys outlive their last write by this long.
 SESSION_TTL_S = 24 * 3600
-
-
-def spec_lead_ms(spec: PipelineSpec) -> float:
-    leads = [float(n.config.get("lead_ms", 0.0)) for n in spec.nodes if n.type == "audio_output"]
-    return max(leads, default=0.0)
 
 
 class ClusterPort:
@@ -69,7 +64,7 @@ class ClusterPort:
         self._sid = sid
         self.pipeline = pipeline
         self._spec = spec
-        self._out = _Output(4096)
+        self._out = OutputBuffer(4096)
         self._filter = OutputFilter()
         self._input: list[bytes] = []
         self._input_dropped = 0
@@ -93,7 +88,7 @@ class ClusterPort:
 
     @property
     def lead_ms(self) -> float:
-        return spec_lead_ms(self._spec)
+        return lead_of(self._spec)
 
     @property
     def closed(self) -> bool:
@@ -127,20 +122,10 @@ class ClusterPort:
             self.push_nowait(PlaybackPosition(turn=turn, played_ms=played_ms))
 
     def listen(self, callback: Callable[[Event], None]) -> None:
-        out = self._out
-        out.callback = callback
-        while out.events:
-            out.put(out.events.popleft())
+        self._out.listen(callback)
 
-    async def output(self) -> AsyncIterator[Event]:
-        out = self._out
-        while True:
-            while out.events:
-                yield out.events.popleft()
-            if out.ended or self._closed:
-                return
-            out.wakeup.clear()
-            await out.wakeup.wait()
+    def output(self) -> AsyncIterator[Event]:
+        return self._out.drain()
 
     async def close(self, reason: str = "closed") -> None:
         """End the session: a close goes into its input log, after everything before it."""
@@ -153,7 +138,7 @@ class ClusterPort:
                 async with asyncio.timeout(5.0):
                     await self._ended.wait()
         self._closed = True
-        self._out.wakeup.set()
+        self._out.close()
         if self._task is not None:
             self._task.cancel()
 
@@ -167,8 +152,7 @@ class ClusterPort:
                 writer.cancel()
         finally:
             self._ended.set()
-            self._out.ended = True
-            self._out.wakeup.set()
+            self._out.end()
 
     async def _write(self) -> None:
         backoff = 0.02
@@ -358,7 +342,7 @@ class ClusterHost:
 
     def describe(self) -> dict[str, dict[str, float]]:
         return {
-            name: {"sample_rate": spec.audio.sample_rate, "lead_ms": spec_lead_ms(spec)}
+            name: {"sample_rate": spec.audio.sample_rate, "lead_ms": lead_of(spec)}
             for name, spec in self._specs.items()
         }
 

@@ -29,6 +29,7 @@ from rspp.events import Event, Metrics, PlaybackPosition
 from rspp.kernel import (
     Overloaded,
     Pipeline,
+    PipelineSpec,
     RsppError,
     Session,
     SessionClosed,
@@ -39,6 +40,7 @@ __all__ = [
     "HostFull",
     "LocalHost",
     "LocalPort",
+    "OutputBuffer",
     "SessionHost",
     "SessionPort",
     "Visibility",
@@ -196,15 +198,41 @@ class Visibility:
 
 
 @dataclass
-class _Output:
-    """A port's output buffer: bounded, drained by one consumer."""
+class OutputBuffer:
+    """A port's output: bounded, drained by one consumer, or handed to a listener."""
 
     limit: int
     events: deque[Event] = field(default_factory=deque)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: int = 0
+    #: The session ended (its ``session.end`` is in), or the port was closed.
     ended: bool = False
+    closed: bool = False
     callback: Callable[[Event], None] | None = None
+
+    def listen(self, callback: Callable[[Event], None]) -> None:
+        """Hand every event to ``callback`` from now on, the ones held first."""
+        self.callback = callback
+        while self.events:
+            self.put(self.events.popleft())
+
+    async def drain(self) -> AsyncIterator[Event]:
+        """The events, in order, until the session ended or the port closed."""
+        while True:
+            while self.events:
+                yield self.events.popleft()
+            if self.ended or self.closed:
+                return
+            self.wakeup.clear()
+            await self.wakeup.wait()
+
+    def end(self) -> None:
+        self.ended = True
+        self.wakeup.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.wakeup.set()
 
     def put(self, event: Event) -> None:
         callback = self.callback
@@ -227,9 +255,8 @@ class LocalPort:
 
     def __init__(self, limit: int = 4096) -> None:
         self._session: Session | None = None
-        self._out = _Output(limit)
+        self._out = OutputBuffer(limit)
         self._visible = Visibility()
-        self._closed = False
 
     def attach(self, session: Session) -> None:
         """Bind to the session whose sink and observer this port is."""
@@ -259,8 +286,7 @@ class LocalPort:
                 continue
             self._out.put(visible)
         if kind == "session.end":
-            self._out.ended = True
-            self._out.wakeup.set()
+            self._out.end()
 
     # The transport's side --------------------------------------------------------------
 
@@ -274,11 +300,11 @@ class LocalPort:
 
     @property
     def lead_ms(self) -> float:
-        return lead_of(self.session.pipeline)
+        return lead_of(self.session.pipeline.spec)
 
     @property
     def closed(self) -> bool:
-        return self._closed or not self.session.running
+        return self._out.closed or not self.session.running
 
     @property
     def dropped(self) -> int:
@@ -307,24 +333,13 @@ class LocalPort:
             self.session.push(PlaybackPosition(turn=turn, played_ms=played_ms))
 
     def listen(self, callback: Callable[[Event], None]) -> None:
-        out = self._out
-        out.callback = callback
-        while out.events:
-            out.put(out.events.popleft())
+        self._out.listen(callback)
 
-    async def output(self) -> AsyncIterator[Event]:
-        out = self._out
-        while True:
-            while out.events:
-                yield out.events.popleft()
-            if out.ended or self._closed:
-                return
-            out.wakeup.clear()
-            await out.wakeup.wait()
+    def output(self) -> AsyncIterator[Event]:
+        return self._out.drain()
 
     async def close(self, reason: str = "closed") -> None:
-        self._closed = True
-        self._out.wakeup.set()
+        self._out.close()
         await self.session.close(reason)
 
 
@@ -364,7 +379,7 @@ class LocalHost:
 
     def describe(self) -> dict[str, dict[str, float]]:
         return {
-            name: {"sample_rate": plan.spec.audio.sample_rate, "lead_ms": lead_of(plan)}
+            name: {"sample_rate": plan.spec.audio.sample_rate, "lead_ms": lead_of(plan.spec)}
             for name, plan in self._pipelines.items()
         }
 
@@ -422,12 +437,10 @@ def local_port(
     return port
 
 
-def lead_of(pipeline: Pipeline) -> float:
+def lead_of(spec: PipelineSpec) -> float:
     """The lead of the pipeline's audio output (0 when it has none or does not say)."""
     leads = [
-        float(node.config.get("lead_ms", 0.0))
-        for node in pipeline.spec.nodes
-        if node.type == "audio_output"
+        float(node.config.get("lead_ms", 0.0)) for node in spec.nodes if node.type == "audio_output"
     ]
     return max(leads, default=0.0)
 
