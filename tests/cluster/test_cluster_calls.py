@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import pytest
 
@@ -19,7 +18,7 @@ from rspp.cluster import MemoryStore, WorkerInfo
 from rspp.cluster.dispatcher import MoveRefused, request_move, request_swap
 from rspp.demo import DemoLine
 from rspp.testing.audio import speech_like
-from rspp.transports.call.client import Played
+from rspp.testing.listening import Hearing, until_heard
 from rspp.transports.call.wire import AudioFormat
 
 from .inprocess import TOKEN, Cluster, cluster
@@ -52,13 +51,7 @@ def replies_heard_once(call: Call, script: list[DemoLine]) -> None:
 
 
 async def mid_reply(call: Call, nth: int, heard_ms: float = 300.0) -> None:
-    """Wait until the client has played ``heard_ms`` of its ``nth`` reply (1-based)."""
-
-    def there() -> bool:
-        replies = call.record.replies
-        return len(replies) >= nth and replies[nth - 1].played_ms >= heard_ms
-
-    await call.wait_for(there, 20.0)
+    await until_heard(call, nth, heard_ms, timeout_s=20.0)
 
 
 def test_a_call_through_the_cluster_is_answered() -> None:
@@ -75,32 +68,13 @@ def test_a_call_through_the_cluster_is_answered() -> None:
     run(body)
 
 
-class Gaps:
-    """The longest silence inside each reply, as the client played it (ms)."""
-
-    def __init__(self, call: Call) -> None:
-        self._end: dict[int, float] = {}
-        self.longest: dict[int, float] = {}
-        self._rate = 2 * call.record.output.sample_rate
-        call.on(self._on)
-
-    def _on(self, notice: Any) -> None:
-        if not isinstance(notice, Played):
-            return
-        end = self._end.get(notice.turn)
-        if end is not None:
-            gap = (notice.at - end) * 1000
-            self.longest[notice.turn] = max(self.longest.get(notice.turn, 0.0), gap)
-        self._end[notice.turn] = notice.at + len(notice.pcm) / self._rate
-
-
 def test_a_session_moved_mid_reply_carries_on_from_what_was_heard() -> None:
     async def body() -> None:
         async with (
             cluster(MemoryStore(), SCRIPT) as c,
             Call.connect(c.url, token=TOKEN, input=FMT, output=FMT) as call,
         ):
-            gaps = Gaps(call)
+            hearing = Hearing(call)
             caller = asyncio.create_task(
                 Caller(call, [line(d, n) for n, d in enumerate(SCRIPT)]).play()
             )
@@ -113,7 +87,7 @@ def test_a_session_moved_mid_reply_carries_on_from_what_was_heard() -> None:
             owner = c.owner_of(call.session)
             assert owner.id == target and owner.sessions[call.session].lease.token == 2
             moved_turn = call.record.replies[1].turn
-            assert gaps.longest.get(moved_turn, 0.0) < 500.0  # a move is a short pause
+            assert hearing.longest_gap(moved_turn) < 500.0  # a move is a short pause
             assert owner.metrics.takeovers.labels("move")._value.get() == 1
 
     run(body)

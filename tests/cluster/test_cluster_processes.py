@@ -23,7 +23,7 @@ from rspp.cluster.local import ProcessCluster
 from rspp.cluster.redis_store import RedisStore
 from rspp.demo import DemoLine, demo_pipeline
 from rspp.testing.audio import speech_like
-from rspp.testing.listening import Hearing, judge
+from rspp.testing.listening import Hearing, judge, until_heard
 from rspp.transports.call.wire import AudioFormat
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
@@ -70,14 +70,6 @@ async def owner(c: ProcessCluster, sid: str) -> tuple[str, int]:
         await store.close()
 
 
-async def mid_reply(call: Call, nth: int, heard_ms: float) -> None:
-    def there() -> bool:
-        replies = call.record.replies
-        return len(replies) >= nth and replies[nth - 1].played_ms >= heard_ms
-
-    await call.wait_for(there, 30.0)
-
-
 async def a_call_with_a_fault(
     c: ProcessCluster,
     fault: Callable[[str, str], Awaitable[None]],
@@ -97,7 +89,7 @@ async def a_call_with_a_fault(
     ) as call:
         hearing = Hearing(call)
         caller = asyncio.create_task(Caller(call, LINES).play())
-        await mid_reply(call, 2, heard_ms)
+        await until_heard(call, 2, heard_ms)
         before, token = await owner(c, call.session)
         await fault(call.session, before)
         await caller

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from rspp.client import Call
 from rspp.transports.call.client import Played
 
-__all__ = ["Hearing", "judge"]
+__all__ = ["Hearing", "judge", "until_heard"]
 
 
 class Hearing:
@@ -38,6 +38,16 @@ class Hearing:
         if turn is not None:
             return max(self.gaps.get(turn, []), default=0.0)
         return max((max(g) for g in self.gaps.values() if g), default=0.0)
+
+
+async def until_heard(call: Call, nth: int, heard_ms: float, timeout_s: float = 30.0) -> None:
+    """Wait until the client has played ``heard_ms`` of its ``nth`` reply (1-based)."""
+
+    def there() -> bool:
+        replies = call.record.replies
+        return len(replies) >= nth and replies[nth - 1].played_ms >= heard_ms
+
+    await call.wait_for(there, timeout_s)
 
 
 @dataclass
