@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from rspp.cli.serve import add_pipeline_args, add_server_args, load_pipelines, run_server
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from rspp.cluster.redis_store import RedisStore
+    from rspp.cluster.store import SessionStore
 
 __all__ = ["add_parsers"]
 
@@ -337,19 +338,27 @@ def _move(args: argparse.Namespace) -> int:
         )
         print(response.text)
         return 0 if response.status_code == 202 else 1
-    from rspp.cluster.dispatcher import MoveRefused, request_move
+    from rspp.cluster.dispatcher import request_move
 
-    async def main() -> int:
-        store = _store(args.redis)
+    owner = _ask_owner(args.redis, "move", lambda store: request_move(store, args.session, args.to))
+    if owner:
+        print(f"asked {owner} to hand {args.session} over to {args.to or 'any worker'}")
+    return 0 if owner else 1
+
+
+def _ask_owner(url: str, command: str, ask: Callable[[SessionStore], Awaitable[str]]) -> str:
+    """Run one request to a session's owner; the owner asked, or "" (the reason printed)."""
+    from rspp.cluster.dispatcher import MoveRefused
+
+    async def main() -> str:
+        store = _store(url)
         try:
-            owner = await request_move(store, args.session, args.to)
+            return await ask(store)
         except MoveRefused as exc:
-            print(f"rspp sessions move: {exc}", file=sys.stderr)
-            return 1
+            print(f"rspp sessions {command}: {exc}", file=sys.stderr)
+            return ""
         finally:
             await store.close()
-        print(f"asked {owner} to hand {args.session} over to {args.to or 'any worker'}")
-        return 0
 
     return asyncio.run(main())
 
@@ -357,7 +366,7 @@ def _move(args: argparse.Namespace) -> int:
 def _swap(args: argparse.Namespace) -> int:
     import json
 
-    from rspp.cluster.dispatcher import MoveRefused, request_swap
+    from rspp.cluster.dispatcher import request_swap
 
     config: dict[str, dict[str, Any]] = {}
     for item in args.set:
@@ -372,19 +381,14 @@ def _swap(args: argparse.Namespace) -> int:
             parsed = value  # a bare word: a string
         config.setdefault(node, {})[name] = parsed
 
-    async def main() -> int:
-        store = _store(args.redis)
-        try:
-            owner = await request_swap(store, args.session, args.pipeline, config)
-        except MoveRefused as exc:
-            print(f"rspp sessions swap: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            await store.close()
+    owner = _ask_owner(
+        args.redis,
+        "swap",
+        lambda store: request_swap(store, args.session, args.pipeline, config),
+    )
+    if owner:
         print(f"asked {owner} to swap {args.session} at its next turn boundary")
-        return 0
-
-    return asyncio.run(main())
+    return 0 if owner else 1
 
 
 def _workers(args: argparse.Namespace) -> int:
