@@ -182,11 +182,11 @@ class Dispatcher:
         while True:
             await asyncio.sleep(cfg.scan_every_ms / 1000)
             try:
-                await self.store.now_ms()  # is the store there? (then the grace is judged)
-                self._fine()
+                found = await self.store.orphans()
+                self._fine()  # the store answered: the grace is judged from here
                 if time.monotonic() - self._healthy_since < grace:
                     continue  # just back from an outage: owners renew first
-                for sid in await self.store.orphans():
+                for sid in found:
                     if not await self.store.claim(sid, cfg.claim_hold_ms):
                         continue
                     record = await self.store.record(sid)
@@ -203,7 +203,6 @@ class Dispatcher:
                             exclude=[owner] if owner else [],
                         )
                     )
-                self._fine()
             except StoreUnavailable as exc:
                 self._trouble(exc)
 
