@@ -240,8 +240,8 @@ class MemoryStore:
         self, dispatcher: str, block_ms: int, reclaim_after_ms: int
     ) -> list[tuple[str, bytes]]:
         now = self._now()
-        stale = [n for n, (_, when) in self._pending.items() if now - when > reclaim_after_ms]
-        found = [(n, v) for n, v in self._dispatch.entries if n in set(stale)]
+        stale = {n for n, (_, when) in self._pending.items() if now - when > reclaim_after_ms}
+        found = [(n, v) for n, v in self._dispatch.entries if n in stale]
         if not found:
             fresh = await self._dispatch.read(self._delivered, block_ms)
             if fresh:
