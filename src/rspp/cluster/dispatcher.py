@@ -184,27 +184,36 @@ class Dispatcher:
             try:
                 found = await self.store.orphans()
                 self._fine()  # the store answered: the grace is judged from here
-                if time.monotonic() - self._healthy_since < grace:
-                    continue  # just back from an outage: owners renew first
-                for sid in found:
-                    if not await self.store.claim(sid, cfg.claim_hold_ms):
-                        continue
-                    record = await self.store.record(sid)
-                    if record is None or record.state in ("ended", "refused"):
-                        continue
-                    owner, _, _ = await self.store.lease_of(sid)
-                    self.metrics.orphans.inc()
-                    log.info("dispatcher %s: %s lost its owner %s", self.id, sid, owner or "?")
-                    await self.place(
-                        Request(
-                            session=sid,
-                            pipeline=record.pipeline,
-                            why="failover",
-                            exclude=[owner] if owner else [],
-                        )
-                    )
-            except StoreUnavailable as exc:
-                self._trouble(exc)
+                if not found or time.monotonic() - self._healthy_since < grace:
+                    continue  # (just back from an outage: owners renew first)
+                # All at once: a dead worker's sessions wait for the slowest, not the sum.
+                async with asyncio.TaskGroup() as tg:
+                    for sid in found:
+                        tg.create_task(self._failover(sid))
+            except* StoreUnavailable as group:
+                self._trouble(StoreUnavailable(str(group.exceptions[0])))
+
+    async def _failover(self, sid: str) -> None:
+        """Place ``sid`` elsewhere if this dispatcher's claim on it succeeds."""
+        # The record and the lapsed owner are read beside the claim (one round trip, not
+        # three); a claim lost to another dispatcher costs two small reads.
+        claimed, record, (owner, _, _) = await asyncio.gather(
+            self.store.claim(sid, self.config.claim_hold_ms),
+            self.store.record(sid),
+            self.store.lease_of(sid),
+        )
+        if not claimed or record is None or record.state in ("ended", "refused"):
+            return
+        self.metrics.orphans.inc()
+        log.info("dispatcher %s: %s lost its owner %s", self.id, sid, owner or "?")
+        await self.place(
+            Request(
+                session=sid,
+                pipeline=record.pipeline,
+                why="failover",
+                exclude=[owner] if owner else [],
+            )
+        )
 
 
 async def request_move(store: SessionStore, sid: str, to: str = "") -> str:

@@ -100,6 +100,8 @@ class Worker:
         self._built: dict[bytes, Pipeline] = {}
         #: The task that owns each session (cancelled by a stop).
         self._owning: dict[str, asyncio.Task[None]] = {}
+        #: Takes in progress (several at once: a dead worker's sessions arrive together).
+        self._taking: dict[str, asyncio.Task[None]] = {}
 
     @property
     def id(self) -> str:
@@ -123,7 +125,7 @@ class Worker:
                 tg.create_task(self._inbox()),
             ]
             await self._stop.wait()
-            for one in [*loops, *self._owning.values()]:
+            for one in [*loops, *self._taking.values(), *self._owning.values()]:
                 one.cancel()  # sessions left now lapse to other workers (a crash, for them)
         log.info("worker %s: stopped", self.id)
 
@@ -203,8 +205,18 @@ class Worker:
 
     async def _do(self, task: Task) -> None:
         if task.do == "take":
-            await self.take(task.session, task.why or "open")
-        elif task.do == "move":
+            sid = task.session
+            if sid in self.sessions or sid in self._taking:
+                return
+            assert self._group is not None
+            taking = self._group.create_task(self.take(sid, task.why or "open"))
+            self._taking[sid] = taking
+            taking.add_done_callback(lambda _: self._taking.pop(sid, None))
+            return
+        pending = self._taking.get(task.session)
+        if pending is not None:
+            await asyncio.wait([pending])  # a move or swap of a session being taken: after it
+        if task.do == "move":
             owned = self.sessions.get(task.session)
             if owned is not None:
                 await owned.hand_over(task.to, "move")
@@ -230,17 +242,24 @@ class Worker:
         asked = time.perf_counter_ns()
         if sid in self.sessions:
             return
-        if self.draining or len(self.sessions) >= self.config.capacity:
+        others = sum(1 for one in self._taking if one != sid)  # takes beside this one
+        if self.draining or len(self.sessions) + others >= self.config.capacity:
             await self._place_elsewhere(sid, why)
             return
+        store = self.store
         try:
-            record = await self.store.record(sid)
-            if record is None or record.state in ("ended", "refused"):
-                return
-            lease = await self.store.acquire(sid, self.id, self.config.lease_ttl_ms)
+            # Two round trips, not four: the record beside the lease, then the checkpoint
+            # (read only once the lease is ours: no older owner writes after that) beside
+            # the output's tail.
+            record, lease = await asyncio.gather(
+                store.record(sid), store.acquire(sid, self.id, self.config.lease_ttl_ms)
+            )
             if lease is None:
                 return  # another worker has it (two placements raced; one wins)
-            raw = await self.store.load(sid)
+            if record is None or record.state in ("ended", "refused"):
+                await store.finish(lease)  # over (or never was): nobody is to own it
+                return
+            raw, tail = await asyncio.gather(store.load(sid), store.output_tail(sid, 300))
         except StoreUnavailable as exc:
             self.store_trouble(exc)
             return
@@ -254,10 +273,7 @@ class Worker:
             return
         delivered: dict[int, int] = {}
         if checkpoint is not None and why != "swap":
-            try:
-                delivered = delivered_since(checkpoint, await self.store.output_tail(sid, 300))
-            except StoreUnavailable as exc:
-                self.store_trouble(exc)
+            delivered = delivered_since(checkpoint, tail)
         owned = OwnedSession(self, lease, pipeline, checkpoint, why, asked, delivered)
         self.sessions[sid] = owned
         self.metrics.active.set(len(self.sessions))
