@@ -27,7 +27,15 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from rspp.cli.serve import add_pipeline_args, add_server_args, load_pipelines, run_server
+from rspp.cli.serve import (
+    add_logging_args,
+    add_pipeline_args,
+    add_server_args,
+    add_trace_arg,
+    configure_observability,
+    load_pipelines,
+    run_server,
+)
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -46,6 +54,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     worker = sub.add_parser("worker", help="run sessions for a cluster (SIGTERM drains)")
     add_pipeline_args(worker)
     _store_arg(worker)
+    add_trace_arg(worker)
     worker.add_argument("--id", help="this worker's name (default: host-pid-random)")
     worker.add_argument("--capacity", type=int, default=50, help="sessions at most")
     worker.add_argument("--lease-ttl-ms", type=int, default=600, help="a lease's time to live")
@@ -79,6 +88,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "cluster", help="a local cluster: Redis, gateway, dispatchers, workers"
     )
     add_pipeline_args(cluster)
+    add_logging_args(cluster)
+    add_trace_arg(cluster)
     cluster.add_argument("--redis", help="a Redis to use (default: start a private one)")
     cluster.add_argument("--workers", type=int, default=3, help="worker processes")
     cluster.add_argument("--dispatchers", type=int, default=2, help="dispatcher processes")
@@ -122,14 +133,11 @@ def _store_arg(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("RSPP_REDIS_URL", DEFAULT_REDIS),
         help="the store (default: RSPP_REDIS_URL or redis://127.0.0.1:6379/0)",
     )
-    parser.add_argument("--log-level", default="info", help="logging level")
+    add_logging_args(parser)
 
 
 def _logging(args: argparse.Namespace, role: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format=f"%(asctime)s %(levelname)s {role} %(name)s: %(message)s",
-    )
+    configure_observability(args, role)  # and traces, for a worker asked to (--trace)
 
 
 def _store(url: str) -> RedisStore:
@@ -414,15 +422,16 @@ def _cluster(args: argparse.Namespace) -> int:
     from rspp.cluster.redis_store import safe_url
 
     fake = ["--fake"] if args.fake else []
+    logs = ["--log-level", args.log_level, "--log-format", args.log_format]
     cluster = ProcessCluster(
-        [*args.specs, *fake, "--lead-ms", str(args.lead_ms)], redis_url=args.redis
+        [*args.specs, *fake, "--lead-ms", str(args.lead_ms), *logs], redis_url=args.redis
     )
     with cluster:
         for n in range(args.dispatchers):
-            cluster.dispatcher(f"dispatcher-{n + 1}")
+            cluster.dispatcher(f"dispatcher-{n + 1}", *logs)
         workers = [f"worker-{n + 1}" for n in range(args.workers)]
         for name in workers:
-            cluster.worker(name, capacity=args.capacity)
+            cluster.worker(name, "--trace", args.trace, capacity=args.capacity)
         cluster.gateway("gateway", port=args.port, host=args.host)
         shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         print(

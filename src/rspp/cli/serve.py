@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
@@ -17,9 +17,12 @@ if TYPE_CHECKING:
     from rspp.transports.server import ExtraRoutes
 
 __all__ = [
+    "add_logging_args",
     "add_parser",
     "add_pipeline_args",
     "add_server_args",
+    "add_trace_arg",
+    "configure_observability",
     "load_pipelines",
     "run_server",
     "serve",
@@ -34,6 +37,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add_pipeline_args(parser)
     parser.add_argument("--max-calls", type=int, default=100, help="concurrent calls at most")
     add_server_args(parser)
+    add_logging_args(parser)
+    add_trace_arg(parser)
     parser.set_defaults(func=serve)
 
 
@@ -66,6 +71,41 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_logging_args(parser: argparse.ArgumentParser) -> None:
+    """How a process logs (``rspp serve`` and every cluster role)."""
+    parser.add_argument("--log-level", default="info", help="logging level")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines as text, or one JSON object per line with the session's context",
+    )
+
+
+def add_trace_arg(parser: argparse.ArgumentParser) -> None:
+    """OpenTelemetry traces of the sessions a process runs (``rspp serve``, ``rspp worker``)."""
+    parser.add_argument(
+        "--trace",
+        choices=("off", "console", "otlp"),
+        default="off",
+        help="a span per turn, a child per stage: on stdout, or to OTEL_EXPORTER_OTLP_ENDPOINT",
+    )
+
+
+def configure_observability(args: argparse.Namespace, role: str) -> None:
+    """Logging as ``add_logging_args`` asked, and tracing if ``add_trace_arg`` turned it on."""
+    from rspp.observability import configure_logging
+    from rspp.observability.tracing import enable
+
+    configure_logging(args.log_level, args.log_format, role)
+    mode = getattr(args, "trace", "off")
+    if mode != "off":
+        try:
+            enable(mode, role=role)
+        except RuntimeError as exc:  # no OTLP exporter installed
+            raise SystemExit(f"rspp {role}: {exc}") from None
+
+
 def load_pipelines(args: argparse.Namespace, command: str) -> dict[str, Pipeline] | None:
     """The pipelines ``add_pipeline_args`` asked for, built (None: the error is printed)."""
     from rspp.kernel import BuildError, build, load_spec
@@ -93,6 +133,7 @@ def load_pipelines(args: argparse.Namespace, command: str) -> dict[str, Pipeline
 def serve(args: argparse.Namespace) -> int:
     from rspp.transports.port import LocalHost
 
+    configure_observability(args, "serve")
     pipelines = load_pipelines(args, "serve")
     if pipelines is None:
         return 2
@@ -129,7 +170,11 @@ def run_server(
     token = auth.static_token or auth.issue(24 * 3600)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"open http://{shown}:{args.port}/?token={token}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", **uvicorn_options())
+    logs: dict[str, Any] = {}
+    if getattr(args, "log_format", "text") == "json":
+        logs["log_config"] = None  # uvicorn's lines go through the JSON handler too
+    options = {**uvicorn_options(), **logs}
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", **options)
 
 
 def _twilio_routes(public_url: str | None) -> ExtraRoutes | None:

@@ -42,6 +42,7 @@ from rspp.kernel import (
     SessionSnapshot,
     SnapshotError,
 )
+from rspp.observability import watch
 from rspp.transports.port import LocalPort, local_port
 
 if TYPE_CHECKING:
@@ -141,6 +142,7 @@ class OwnedSession:
     async def run(self) -> None:
         """Own the session until it ends, moves or is lost."""
         session = self.port.session
+        watch(session, worker=self.worker.id, incarnation=self.lease.token)  # logs, traces
         try:
             await session.start()
         except SnapshotError as exc:

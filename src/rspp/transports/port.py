@@ -35,6 +35,7 @@ from rspp.kernel import (
     SessionClosed,
     SessionSnapshot,
 )
+from rspp.observability import watch
 
 __all__ = [
     "HostFull",
@@ -401,6 +402,7 @@ class LocalHost:
         if plan is None:
             raise KeyError(f"no pipeline {name!r} here (have: {', '.join(self._pipelines)})")
         port = local_port(plan, session_id or uuid.uuid4().hex, resources=self._resources)
+        watch(port.session)  # this call's tasks log as its session; traced if tracing is on
         await port.session.start()
         sid = port.session_id
         self._ports[sid] = port

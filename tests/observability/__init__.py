@@ -1,0 +1,1 @@
+"""Tests of rspp.observability: traces and log lines."""
