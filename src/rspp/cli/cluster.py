@@ -188,9 +188,16 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _worker_app(worker: Any) -> Starlette:
+    """Health, readiness, metrics, and ``POST /drain`` (from inside the pod only).
+
+    ``POST /drain`` starts the drain that SIGTERM starts; with ``?wait=1`` it answers
+    once the worker owns no session (200) or its drain deadline has passed (202, with
+    the sessions left). A pod's preStop hook calls it, so the drain starts, and is
+    waited for, before the kubelet's SIGTERM (``deploy/k8s``, ``docs/deploy.md``).
+    """
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import PlainTextResponse, Response
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
 
     async def healthz(request: Request) -> Response:
@@ -205,8 +212,37 @@ def _worker_app(worker: Any) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(worker.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    loopback = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+    async def polled(done: Callable[[], bool], until: float) -> None:
+        # A poll: the worker has no event for either condition.
+        while not done() and time.monotonic() < until:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    async def drain(request: Request) -> Response:
+        # Only the pod itself (its preStop hook) may drain it: the port is also Prometheus's.
+        if request.client is None or request.client.host not in loopback:
+            return PlainTextResponse("only from inside the pod", status_code=403)
+        wait = request.query_params.get("wait", "0") not in ("", "0")
+        until = time.monotonic() + worker.config.drain_deadline_s + 1.0
+        if wait:  # still loading its models: drain it once it runs
+            await polled(lambda: bool(worker.ready), until)
+        if not worker.ready:
+            return JSONResponse({"draining": False, "sessions": 0}, status_code=503)
+        if not worker.draining:
+            worker.drain()  # once: a second drain() hands every session over at once
+        if wait:
+            await polled(lambda: not worker.sessions, until)
+        left = len(worker.sessions)
+        return JSONResponse({"draining": True, "sessions": left}, status_code=202 if left else 200)
+
     return Starlette(
-        routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)]
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics),
+            Route("/drain", drain, methods=["POST"]),
+        ]
     )
 
 
