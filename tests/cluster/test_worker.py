@@ -34,6 +34,22 @@ def test_a_drain_past_its_deadline_stops_the_worker_and_the_session_lapses() -> 
     asyncio.run(asyncio.wait_for(body(), 20))
 
 
+def test_a_drain_while_loading_stops_the_worker_once_loaded_owning_nothing() -> None:
+    """SIGTERM during the model load (a pod stopped at start): no crash, a clean exit."""
+
+    async def body() -> None:
+        store = MemoryStore()
+        pipeline = demo_pipeline()
+        worker = Worker(store, {pipeline.name: pipeline}, WorkerConfig(id="w1"))
+        worker.drain()  # before run(): what the signal handler does during the load
+        assert worker.draining
+        await asyncio.wait_for(worker.run(load=False), 5.0)
+        assert worker.sessions == {}
+        assert await store.workers(1000) == []  # it never announced itself
+
+    asyncio.run(asyncio.wait_for(body(), 20))
+
+
 def test_pipelines_must_be_keyed_by_their_names() -> None:
     pipeline = demo_pipeline()
     with pytest.raises(ValueError, match="keyed by their names"):

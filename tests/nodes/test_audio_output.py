@@ -112,6 +112,32 @@ def test_lead_ms_sends_that_far_ahead() -> None:
     assert sum(1 for t in times if abs(t - t0) <= TOL) == 6
 
 
+def test_play_ahead_sends_that_much_more_at_once_then_keeps_the_schedule() -> None:
+    """A hand-over's make-before-break: 200 ms more leave at once, the rest at its time."""
+    started: list[int] = []
+
+    async def script(session: Session, sink: RecordingSink) -> None:
+        started.append(session.now_ns())
+        session.push(chunk(1000))
+        await asyncio.sleep(0.3)
+        session.node("output").play_ahead(200.0)
+        session.timers.fire_due(session.now_ns())  # as a hand-over does, before its snapshot
+        await asyncio.sleep(1.0)
+
+    sink = run_output(script, frame_ms=20.0, lead_ms=60.0)
+    t0 = started[0]
+    times = frame_times(sink)
+    assert len(times) == 50  # nothing lost, nothing doubled
+    at_300 = t0 + 300 * MS
+    # Before 300 ms, frames 0-17 (each 60 ms early); at 300 ms frame 18, due then, and
+    # 200 ms (10 frames) more at once.
+    assert sum(1 for t in times if t < at_300 - TOL) == 18
+    assert sum(1 for t in times if abs(t - at_300) <= TOL) == 11
+    for i, t in enumerate(times[29:], start=29):
+        # Then each frame at its own time less the lead: the schedule did not move.
+        assert t == pytest.approx(max(at_300, t0 + (i * 20 - 60) * MS), abs=2 * MS), f"frame {i}"
+
+
 def test_audio_arriving_later_continues_the_schedule() -> None:
     started: list[int] = []
 

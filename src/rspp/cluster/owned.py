@@ -206,6 +206,8 @@ class OwnedSession:
         """
         if self._done.is_set():
             return
+        if swap_to is None:
+            self._play_ahead(self.worker.config.handover_ahead_ms)
         if self._reader is not None:
             self._reader.cancel()  # what comes now stays in the log for the next owner
         self._quiet = True
@@ -221,6 +223,20 @@ class OwnedSession:
 
     handover_to = ""
     handover_why = ""
+
+    def _play_ahead(self, ms: float) -> None:
+        """Send the client up to ``ms`` of the reply's buffered audio now, before the
+        checkpoint: it plays while the next owner restores (make before break)."""
+        session = self.port.session
+        if ms <= 0 or not session.running:
+            return
+        from rspp.nodes.audio_output import AudioOutput
+
+        for plan in self.pipeline.nodes:
+            node = session.node(plan.name)
+            if isinstance(node, AudioOutput):
+                node.play_ahead(ms)
+        session.timers.fire_due(session.clock.now_ns())  # they leave now, as the node
 
     # -- output -----------------------------------------------------------------------------
 

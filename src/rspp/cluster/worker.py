@@ -57,6 +57,9 @@ class WorkerConfig:
     checkpoint_every_ms: int = 500
     #: How long a drain may take in all (the pod's grace period, less a margin).
     drain_deadline_s: float = 25.0
+    #: A hand-over first sends the client this much of the reply's buffered audio (ms),
+    #: to play while the next owner restores: a planned move is not heard as a gap.
+    handover_ahead_ms: float = 300.0
     #: How long a released session is kept for the worker it was handed to.
     handoff_hold_ms: int = 2000
     #: A session with no input for this long has lost its caller (and every gateway).
@@ -416,13 +419,16 @@ class Worker:
             return
         self.draining = True
         self.metrics.draining.set(1)
+        if self._group is None:  # still loading its models: it owns nothing yet
+            log.info("worker %s: drained before it started", self.id)
+            self._stop.set()
+            return
         log.info(
             "worker %s: draining %d sessions (deadline %.0f s)",
             self.id,
             len(self.sessions),
             self.config.drain_deadline_s,
         )
-        assert self._group is not None
         self._group.create_task(self._drain())
 
     async def _drain(self) -> None:

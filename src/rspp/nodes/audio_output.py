@@ -27,6 +27,10 @@ counts), the node emits ``turn.done``. With ``lead_ms`` > 0 the client holds up
 to that much audio not yet played: it counts as delivered unless the client
 reports playback, and the client drops it on ``control.clear_buffer``.
 
+A planned hand-over (:meth:`AudioOutput.play_ahead`) sends some of the
+buffered audio ahead of its time, so that the client plays it while the next
+owner restores: the move is not heard as a gap.
+
 Moving a session: the State carries the unplayed frames (audio and the words
 they voice), the end-of-reply markers, the pacing (when the next frame is
 due, in session time) and whether the output is paused, so a restored session
@@ -109,6 +113,7 @@ class AudioOutput(Node[AudioOutputConfig]):
         self._delivered: dict[int, int] = {}  # see AudioOutputState.delivered
         self._sent_ns: dict[int, int] = {}  # turn -> audio sent
         self._lead_ns = int(config.lead_ms * 1e6)
+        self._ahead_ns = 0  # more lead, once: a hand-over's play_ahead
         # With a lead, a frame may leave a little after its time (the client's buffer
         # absorbs it): wake-ups on a 2 ms grid of session time coalesce across calls.
         self._grid_ns = _GRID_NS if self._lead_ns >= 4 * _GRID_NS else 0
@@ -202,9 +207,25 @@ class AudioOutput(Node[AudioOutputConfig]):
         finally:
             self._playing = False
 
+    def play_ahead(self, ms: float) -> None:
+        """Send up to ``ms`` more of the buffered audio at once, ahead of its time.
+
+        For a hand-over: the client then plays on while the next owner restores. The
+        pacing goes on after those frames; frames held, paused or of a fenced turn stay.
+        Arms a timer due now: the session's :meth:`~rspp.kernel.timers.Timers.fire_due`
+        (or the loop) sends them as this node.
+        """
+        if ms <= 0 or not self._buffer:
+            return
+        self._ahead_ns = int(ms * 1e6)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.ctx.call_at(self.ctx.now_ns(), self._play)
+
     def _send_due(self) -> int | None:
         """Send the frames (and ``turn.done``) due now; when the next is due (None: not yet)."""
-        lead_ns = self._lead_ns
+        lead_ns = self._lead_ns + self._ahead_ns
+        self._ahead_ns = 0
         buffer = self._buffer
         while True:
             if not buffer or self.paused or self.ctx.is_held(buffer[0].turn):
