@@ -499,16 +499,22 @@ class Chaos:
             self.cluster.signal(target, signal.SIGCONT)
         self.say(f"[{self.now():5.1f} s] {target} continued")
 
-    async def move(self) -> None:
-        owners = await self.owners()
-        live = [w for w in self.workers if self.cluster.alive(w) and w not in self.hit_workers]
-        watches = dict(self.live())
-        # Calls early in a reply, so that the move lands mid-reply with audio still to come.
-        early = sorted(
-            (i for i, w in watches.items() if w.mid_reply and 200.0 <= w.received_ms <= 4000.0),
-            key=lambda i: watches[i].received_ms,
-        )
-        chosen = [i for i in early if owners.get(i) in live][: self.sc.moves]
+    async def move(self, wait_s: float = 10.0) -> None:
+        # Calls early in a reply, so that the move lands mid-reply with audio still to come
+        # (waiting a little for enough of them on workers no fault hit).
+        deadline = self.now() + wait_s
+        while True:
+            owners = await self.owners()
+            live = [w for w in self.workers if self.cluster.alive(w) and w not in self.hit_workers]
+            watches = dict(self.live())
+            early = sorted(
+                (i for i, w in watches.items() if w.mid_reply and 200.0 <= w.received_ms <= 4000.0),
+                key=lambda i: watches[i].received_ms,
+            )
+            chosen = [i for i in early if owners.get(i) in live][: self.sc.moves]
+            if len(chosen) >= self.sc.moves or self.now() >= deadline:
+                break
+            await asyncio.sleep(0.05)
         if not chosen:
             chosen = [i for i, w in watches.items() if owners.get(i) in live][: self.sc.moves]
         targets = {i: next(w for w in live if w != owners[i]) for i in chosen if len(live) > 1}

@@ -50,6 +50,30 @@ def test_one_owner_at_a_time_and_every_takeover_raises_the_token(with_store: Run
     with_store(body)
 
 
+def test_a_hand_over_writes_output_checkpoint_and_release_in_one_save(with_store: Run) -> None:
+    async def body(store: SessionStore) -> None:
+        lease = await store.acquire("s1", "w1", ttl_ms=10_000)
+        assert lease is not None
+        await store.save(lease, b"cp-1", input_seq=0, output=[b"o1", b"o2"])
+        assert await store.lease_of("s1") == ("w1", 1, (await store.lease_of("s1"))[2])
+        await store.save(lease, b"cp-2", input_seq=0, output=[b"o3"], handoff="w2", hold_ms=5000)
+        assert await store.load("s1") == b"cp-2"
+        out = await store.read_output("s1", "0", 0)
+        assert [payload for _, payload in out] == [b"o1", b"o2", b"o3"]
+        owner, _, _ = await store.lease_of("s1")
+        assert owner == ""  # released ...
+        assert await store.acquire("s1", "w3", ttl_ms=10_000) is None  # ... to w2 alone
+        taken = await store.acquire("s1", "w2", ttl_ms=10_000)
+        assert taken is not None and taken.token == 2
+        with pytest.raises(Fenced):  # the old owner, again: refused, and nothing written
+            await store.save(lease, b"stale", input_seq=0, output=[b"stale"], handoff="")
+        assert await store.load("s1") == b"cp-2"
+        out = await store.read_output("s1", "0", 0)
+        assert [payload for _, payload in out] == [b"o1", b"o2", b"o3"]
+
+    with_store(body)
+
+
 def test_a_lapsed_lease_is_taken_over_and_the_old_owner_is_fenced(with_store: Run) -> None:
     async def body(store: SessionStore) -> None:
         old = await store.acquire("s1", "w1", ttl_ms=80)

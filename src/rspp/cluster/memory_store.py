@@ -167,12 +167,25 @@ class MemoryStore:
 
     # -- state ------------------------------------------------------------------------------
 
-    async def save(self, lease: Lease, checkpoint: bytes, input_seq: int) -> None:
+    async def save(
+        self,
+        lease: Lease,
+        checkpoint: bytes,
+        input_seq: int,
+        *,
+        output: Sequence[bytes] = (),
+        handoff: str | None = None,
+        hold_ms: int = 2000,
+    ) -> None:
+        if output:
+            await self.append_output(lease, output)
         s = self._session(lease.session)
         if not s.lease.allows(lease.token) or s.lease.ended:
             raise Fenced(f"session {lease.session}: token {lease.token} is not the owner's")
         s.checkpoint = checkpoint
         s.input.trim_through(input_seq)
+        if handoff is not None and not await self.release(lease, handoff, hold_ms):
+            raise Fenced(f"session {lease.session}: token {lease.token} is not the owner's")
 
     async def load(self, sid: str) -> bytes | None:
         found = self._sessions.get(sid)

@@ -216,13 +216,15 @@ class OwnedSession:
             self._checkpoint.pipeline = swap_to.name
             self._checkpoint.swap = True
             self._checkpoint.spec = spec
-        self.stop("moved")
-        # run() flushes output and checkpoint, then the worker releases the lease.
         self.handover_to = to
         self.handover_why = why
+        # run() flushes output and the checkpoint, which releases the lease to ``to``.
+        self.stop("moved")
 
     handover_to = ""
     handover_why = ""
+    #: The hand-over's last checkpoint released the lease too (to ``handover_to``).
+    released = False
 
     def _play_ahead(self, ms: float) -> None:
         """Send the client up to ``ms`` of the reply's buffered audio now, before the
@@ -299,17 +301,25 @@ class OwnedSession:
             while self._outbox or self._checkpoint is not None:
                 batch, self._outbox = self._outbox, []
                 checkpoint, self._checkpoint = self._checkpoint, None
+                # A move's last checkpoint (nothing after it) also releases the lease.
+                last = self.outcome == "moved" and not self._outbox and self._checkpoint is None
                 try:
-                    if batch:
-                        async with timer.time("append_output"):
-                            await store.append_output(self.lease, batch)
-                    batch = []
                     if checkpoint is not None:
                         async with timer.time("save"):
                             await store.save(
-                                self.lease, msgspec.msgpack.encode(checkpoint), checkpoint.input_seq
+                                self.lease,
+                                msgspec.msgpack.encode(checkpoint),
+                                checkpoint.input_seq,
+                                output=batch,  # (the output first, in the same round trip)
+                                handoff=self.handover_to if last else None,
+                                hold_ms=self.worker.config.handoff_hold_ms,
                             )
+                        self.released = last
                         self.worker.metrics.checkpoints.labels("ok").inc()
+                    elif batch:
+                        async with timer.time("append_output"):
+                            await store.append_output(self.lease, batch)
+                    batch = []
                     backoff = 0.05
                 except Fenced:
                     self.log.warning("fenced (a newer owner exists)")

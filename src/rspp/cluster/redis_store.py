@@ -285,12 +285,20 @@ class RedisStore:
     # -- leases -----------------------------------------------------------------------------
 
     async def acquire(self, sid: str, worker: str, ttl_ms: int) -> Lease | None:
-        granted, token, expires = await self._call(
-            lambda: self._acquire(keys=[keys.lease(sid)], args=[worker, ttl_ms, SESSION_TTL_MS])
-        )
+        async def run() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await self._acquire(
+                    keys=[keys.lease(sid)], args=[worker, ttl_ms, SESSION_TTL_MS], client=pipe
+                )
+                # In the index at once (one round trip: the expiry is the script's, so the
+                # entry is added as already due; the first renewal sets it; a scan meanwhile
+                # finds the lease held). A session never in the index is never failed over.
+                pipe.zadd(keys.LEASES, {sid: 0}, nx=True)
+                return await pipe.execute()  # type: ignore[no-any-return]
+
+        (granted, token, _), _ = await self._call(run)
         if not granted:
             return None
-        await self._call(lambda: self.redis.zadd(keys.LEASES, {sid: expires}))
         return Lease(sid, worker, int(token))
 
     async def renew(self, leases: Sequence[Lease], ttl_ms: int) -> list[bool]:
@@ -364,21 +372,47 @@ class RedisStore:
 
     # -- state ------------------------------------------------------------------------------
 
-    async def save(self, lease: Lease, checkpoint: bytes, input_seq: int) -> None:
+    async def save(
+        self,
+        lease: Lease,
+        checkpoint: bytes,
+        input_seq: int,
+        *,
+        output: Sequence[bytes] = (),
+        handoff: str | None = None,
+        hold_ms: int = 2000,
+    ) -> None:
         sid = lease.session
-        done = await self._call(
-            lambda: self._save(
-                keys=[
-                    keys.lease(sid),
-                    keys.snapshot(sid),
-                    keys.input_log(sid),
-                    keys.session(sid),
-                    keys.output(sid),
-                ],
-                args=[lease.token, checkpoint, _entry_id(input_seq + 1), SESSION_TTL_MS],
-            )
-        )
-        if not done:
+
+        async def run() -> list[Any]:
+            # One pipeline on the session's slot: the scripts run in this order.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if output:
+                    await self._append_output(
+                        keys=[keys.lease(sid), keys.output(sid)],
+                        args=[lease.token, OUTPUT_KEPT, *output],
+                        client=pipe,
+                    )
+                await self._save(
+                    keys=[
+                        keys.lease(sid),
+                        keys.snapshot(sid),
+                        keys.input_log(sid),
+                        keys.session(sid),
+                        keys.output(sid),
+                    ],
+                    args=[lease.token, checkpoint, _entry_id(input_seq + 1), SESSION_TTL_MS],
+                    client=pipe,
+                )
+                if handoff is not None:
+                    await self._release(
+                        keys=[keys.lease(sid)],
+                        args=[lease.worker, lease.token, handoff, hold_ms],
+                        client=pipe,
+                    )
+                return await pipe.execute()  # type: ignore[no-any-return]
+
+        if not all(await self._call(run)):
             raise Fenced(f"session {sid}: token {lease.token} is not the owner's")
 
     async def load(self, sid: str) -> bytes | None:

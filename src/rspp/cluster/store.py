@@ -93,8 +93,23 @@ class SessionStore(Protocol):
 
     # -- state ------------------------------------------------------------------------------
 
-    async def save(self, lease: Lease, checkpoint: bytes, input_seq: int) -> None:
-        """Write the session's checkpoint (fenced) and trim its input log to after ``input_seq``."""
+    async def save(
+        self,
+        lease: Lease,
+        checkpoint: bytes,
+        input_seq: int,
+        *,
+        output: Sequence[bytes] = (),
+        handoff: str | None = None,
+        hold_ms: int = 2000,
+    ) -> None:
+        """Write the session's checkpoint (fenced) and trim its input log to after ``input_seq``.
+
+        In the same round trip and in this order: ``output`` entries first (the output
+        the checkpoint follows), then the checkpoint, then, with ``handoff`` (a worker,
+        or "" for whoever a dispatcher picks), the lease released as :meth:`release`
+        does. Raises :class:`Fenced` if any of it is refused.
+        """
         ...
 
     async def load(self, sid: str) -> bytes | None:

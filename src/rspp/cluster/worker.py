@@ -368,9 +368,12 @@ class Worker:
 
     async def _hand_over(self, owned: OwnedSession, pipeline: str) -> None:
         to = owned.handover_to
-        released = await self.store.release(owned.lease, to=to, hold_ms=self.config.handoff_hold_ms)
-        if not released:
-            return  # lost meanwhile: the new owner has it
+        if not owned.released:  # (its last checkpoint did not release it: no snapshot?)
+            released = await self.store.release(
+                owned.lease, to=to, hold_ms=self.config.handoff_hold_ms
+            )
+            if not released:
+                return  # lost meanwhile: the new owner has it
         self.metrics.migrations.labels(owned.handover_why).inc()
         if to == self.id:
             return  # a swap: taken again here (_own)
