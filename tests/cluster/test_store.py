@@ -232,3 +232,20 @@ def test_each_request_goes_to_one_dispatcher_and_an_unacknowledged_one_comes_bac
         assert await store.requests("d2", 0, reclaim_after_ms=50) == []
 
     with_store(body)
+
+
+def test_many_blocking_reads_at_once_leave_room_for_renewals(with_store: Run) -> None:
+    """A process holds one blocking read per session (150 here, more than redis-py's
+    default pool of 100): its lease renewals must still get through."""
+
+    async def body(store: SessionStore) -> None:
+        lease = await store.acquire("s1", "w1", ttl_ms=10_000)
+        assert lease is not None
+        async with asyncio.TaskGroup() as tg:
+            reads = [tg.create_task(store.read_input(f"r{n}", 0, 1000)) for n in range(150)]
+            await asyncio.sleep(0.2)  # every read is waiting now, each on its connection
+            assert await store.renew([lease], ttl_ms=10_000) == [True]
+            await store.append_input("r7", [b"e"])
+        assert [len(r.result()) for r in reads].count(1) == 1  # r7's read got its entry
+
+    with_store(body)

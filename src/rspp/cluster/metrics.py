@@ -94,6 +94,12 @@ class WorkerMetrics(_Role):
             "Output dropped because the store was away too long",
             registry=r,
         )
+        self.loop_lag_ms = Histogram(
+            "rspp_worker_loop_lag_ms",
+            "How late the event loop ran a 50 ms tick (ms): a stalled loop lets leases lapse",
+            buckets=_MS,
+            registry=r,
+        )
 
 
 class DispatcherMetrics(_Role):

@@ -198,7 +198,7 @@ def _text(value: bytes | str) -> str:
 class RedisStore:
     """:class:`~rspp.cluster.store.SessionStore` on Redis (see the module docstring)."""
 
-    def __init__(self, url: str, *, timeout_s: float = 3.0) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 3.0, max_connections: int = 10_000) -> None:
         password = os.environ.get("RSPP_REDIS_PASSWORD") or None
         username = os.environ.get("RSPP_REDIS_USERNAME") or None
         options: dict[str, Any] = {
@@ -210,6 +210,11 @@ class RedisStore:
             # Blocking reads wait at most a second; a silent socket beyond that is a dead one.
             "socket_timeout": timeout_s + 2.0,
             "health_check_interval": 15,
+            # Every session holds a connection in its blocking read (input on a worker,
+            # output on a gateway) and briefly one or two more: redis-py's default pool of
+            # 100 ran out at 50 calls (a gateway holding every call after another died, a
+            # worker taking over a dead one's sessions: its renewals failed, leases lapsed).
+            "max_connections": max_connections,
         }
         if password and not urlsplit(url).password:
             options["password"] = password

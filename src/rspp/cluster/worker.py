@@ -126,6 +126,7 @@ class Worker:
                 tg.create_task(self._beat()),
                 tg.create_task(self._renew()),
                 tg.create_task(self._inbox()),
+                tg.create_task(self._watch_loop()),
             ]
             await self._stop.wait()
             for one in [*loops, *self._taking.values(), *self._owning.values()]:
@@ -162,6 +163,25 @@ class Worker:
             except StoreUnavailable as exc:
                 self.store_trouble(exc)
             await asyncio.sleep(every)
+
+    async def _watch_loop(self, every_s: float = 0.05) -> None:
+        """Measure the event loop's lateness: past a third of the lease TTL, say so (a loop
+        stalled that long risks its leases; the metric shows how close it comes)."""
+        loop = asyncio.get_running_loop()
+        warn_ms = self.config.lease_ttl_ms / 3
+        while True:
+            due = loop.time() + every_s
+            await asyncio.sleep(every_s)
+            late_ms = max(0.0, (loop.time() - due) * 1000)
+            self.metrics.loop_lag_ms.observe(late_ms)
+            if late_ms > warn_ms:
+                log.warning(
+                    "worker %s: event loop stalled %.0f ms (%d sessions; lease TTL %d ms)",
+                    self.id,
+                    late_ms,
+                    len(self.sessions),
+                    self.config.lease_ttl_ms,
+                )
 
     async def _renew(self) -> None:
         every = self.config.renew_every_ms / 1000
