@@ -88,6 +88,16 @@ return expires
 """
 )
 
+# KEYS: the lease index. ARGV: ttl_ms, sessions... (their expiry on this clock, as renewed)
+_INDEX = (
+    _NOW
+    + """
+local expires = now + tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], expires, ARGV[i]) end
+return #ARGV - 1
+"""
+)
+
 # KEYS: lease. ARGV: worker, token, to, hold_ms. -> 1 or 0
 _RELEASE = (
     _NOW
@@ -232,6 +242,7 @@ class RedisStore:
         self._save = r.register_script(_SAVE)
         self._append_output = r.register_script(_APPEND_OUTPUT)
         self._heartbeat = r.register_script(_HEARTBEAT)
+        self._index = r.register_script(_INDEX)
         self._group_ready = False
 
     async def _call(self, what: Callable[[], Awaitable[T]]) -> T:
@@ -318,12 +329,15 @@ class RedisStore:
                         args=[one.worker, one.token, ttl_ms],
                         client=pipe,
                     )
+                # The index in the same round trip (one, not two: a loaded worker's renewals
+                # are what keeps its leases). A lease that was not renewed is indexed too:
+                # its real owner's renewal, or a finish, or a failed claim, puts it right.
+                await self._index(
+                    keys=[keys.LEASES], args=[ttl_ms, *(one.session for one in leases)], client=pipe
+                )
                 return await pipe.execute()  # type: ignore[no-any-return]
 
-        results = await self._call(run)
-        index = {one.session: int(exp) for one, exp in zip(leases, results, strict=True) if exp}
-        if index:
-            await self._call(lambda: self.redis.zadd(keys.LEASES, index))
+        results = (await self._call(run))[:-1]
         return [bool(exp) for exp in results]
 
     async def release(self, lease: Lease, to: str = "", hold_ms: int = 2000) -> bool:

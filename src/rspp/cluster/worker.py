@@ -190,10 +190,20 @@ class Worker:
             owned = [s for s in self.sessions.values() if not s.outcome]
             if not owned:
                 continue
+            began = time.monotonic()
             try:
                 async with self.metrics.store.time("renew"):
                     results = await self.store.renew(
                         [s.lease for s in owned], self.config.lease_ttl_ms
+                    )
+                took_ms = (time.monotonic() - began) * 1000
+                if took_ms > self.config.lease_ttl_ms / 3:
+                    log.warning(
+                        "worker %s: renewing %d leases took %.0f ms (lease TTL %d ms)",
+                        self.id,
+                        len(owned),
+                        took_ms,
+                        self.config.lease_ttl_ms,
                     )
             except StoreUnavailable as exc:
                 self.metrics.renewals.labels("store_down").inc(len(owned))
