@@ -23,7 +23,7 @@ Obj = dict[str, Any]
 def kubectl() -> str:
     found = shutil.which("kubectl")
     if found is None:
-        pytest.skip("kubectl is not installed (.ci/run installs it)")
+        pytest.skip("kubectl is not installed (.ci/run tries to install it)")
     return found
 
 

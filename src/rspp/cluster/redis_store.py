@@ -231,6 +231,7 @@ class RedisStore:
         if username and not urlsplit(url).username:
             options["username"] = username
         self.url = safe_url(url)
+        self._connect_args = (url, timeout_s, max_connections)
         # redis-py's own annotations do not tell bytes from str replies: Any, checked by tests.
         self.redis: Any = aioredis.Redis.from_url(url, **options)
         r = self.redis
@@ -590,6 +591,11 @@ class RedisStore:
                 await pipe.execute()
 
         await self._call(run)
+
+    def fork(self) -> RedisStore:
+        """Another client of the same store (its own connections: for another event loop)."""
+        url, timeout_s, max_connections = self._connect_args
+        return RedisStore(url, timeout_s=timeout_s, max_connections=max_connections)
 
     async def close(self) -> None:
         await self.redis.aclose()

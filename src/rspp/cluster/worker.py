@@ -24,7 +24,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,8 @@ import rspp
 from rspp.cluster.compat import compatibility, reads
 from rspp.cluster.metrics import WorkerMetrics
 from rspp.cluster.owned import OwnedSession, delivered_since
-from rspp.cluster.records import Checkpoint, Request, Task, WorkerInfo
+from rspp.cluster.records import Checkpoint, Lease, Request, Task, WorkerInfo
+from rspp.cluster.renewer import Renewer
 from rspp.cluster.store import SessionStore, StoreError, StoreUnavailable
 from rspp.kernel import BuildError, Pipeline, PipelineSpec, build
 
@@ -64,6 +65,9 @@ class WorkerConfig:
     handoff_hold_ms: int = 2000
     #: A session with no input for this long has lost its caller (and every gateway).
     input_idle_s: float = 60.0
+    #: Renew leases from a thread of their own when the store can open a second client
+    #: (Redis): a saturated loop then delays no renewal (:mod:`rspp.cluster.renewer`).
+    renew_from_thread: bool = True
     #: What checkpoints it reads (default: :func:`compatibility`; tests play older workers).
     compatibility: str = field(default_factory=compatibility)
 
@@ -103,6 +107,7 @@ class Worker:
         self._built: dict[bytes, Pipeline] = {}
         #: The task that owns each session (cancelled by a stop).
         self._owning: dict[str, asyncio.Task[None]] = {}
+        self._renewer: Renewer | None = None
         #: Takes in progress (several at once: a dead worker's sessions arrive together).
         self._taking: dict[str, asyncio.Task[None]] = {}
 
@@ -120,18 +125,70 @@ class Worker:
             for pipeline in self.pipelines.values():
                 await preload(pipeline)
         self.ready = True
-        async with asyncio.TaskGroup() as tg:
-            self._group = tg
-            loops = [
-                tg.create_task(self._beat()),
-                tg.create_task(self._renew()),
-                tg.create_task(self._inbox()),
-                tg.create_task(self._watch_loop()),
-            ]
-            await self._stop.wait()
-            for one in [*loops, *self._taking.values(), *self._owning.values()]:
-                one.cancel()  # sessions left now lapse to other workers (a crash, for them)
+        renewer = self._renewer = self._threaded_renewer()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._group = tg
+                loops = [
+                    tg.create_task(self._beat()),
+                    tg.create_task(self._inbox()),
+                    tg.create_task(self._watch_loop()),
+                ]
+                if renewer is None:
+                    loops.append(tg.create_task(self._renew()))
+                else:
+                    renewer.start()
+                await self._stop.wait()
+                for one in [*loops, *self._taking.values(), *self._owning.values()]:
+                    one.cancel()  # sessions left now lapse to other workers (a crash, for them)
+        finally:
+            if renewer is not None:
+                await renewer.stop()
         log.info("worker %s: stopped", self.id)
+
+    def _threaded_renewer(self) -> Renewer | None:
+        fork = getattr(self.store, "fork", None)
+        if not self.config.renew_from_thread or fork is None:
+            return None  # (the in-process store lives in this loop: renewed from it)
+        ttl = self.config.lease_ttl_ms
+        return Renewer(
+            fork,
+            ttl_ms=ttl,
+            every_s=self.config.renew_every_ms / 1000,
+            alive_within_s=ttl * 2 / 3000,
+            on_result=self._renewed,
+            on_trouble=self._renewal_trouble,
+        )
+
+    def _owned_leases(self) -> tuple[Lease, ...]:
+        return tuple(s.lease for s in self.sessions.values() if not s.outcome)
+
+    def _renewed(self, leases: Sequence[Lease], results: list[bool], took_s: float) -> None:
+        """What a renewal round (in the loop, or from the renewer's thread) was answered."""
+        ttl = self.config.lease_ttl_ms
+        self.metrics.store.latency.labels(self.metrics.store.role, "renew").observe(took_s * 1000)
+        if took_s * 1000 > ttl / 3:
+            log.warning(
+                "worker %s: renewing %d leases took %.0f ms (lease TTL %d ms)",
+                self.id,
+                len(leases),
+                took_s * 1000,
+                ttl,
+            )
+        for lease, ok in zip(leases, results, strict=True):
+            if ok:
+                self.metrics.renewals.labels("ok").inc()
+                continue
+            one = self.sessions.get(lease.session)
+            if one is not None and one.lease == lease and not one.outcome:
+                log.warning("worker %s: lease of %s lost", self.id, one.session_id)
+                self.metrics.renewals.labels("lost").inc()
+                self.metrics.lost.inc()
+                one.lose()
+
+    def _renewal_trouble(self, leases: Sequence[Lease], exc: StoreError) -> None:
+        self.metrics.renewals.labels("store_down").inc(len(leases))
+        self.store_trouble(exc)
 
     def stop(self) -> None:
         """Stop at once (sessions are not handed over: a crash, as far as they know)."""
@@ -174,6 +231,8 @@ class Worker:
             await asyncio.sleep(every_s)
             late_ms = max(0.0, (loop.time() - due) * 1000)
             self.metrics.loop_lag_ms.observe(late_ms)
+            if self._renewer is not None:
+                self._renewer.tick(self._owned_leases())  # alive, and what to renew
             if late_ms > warn_ms:
                 log.warning(
                     "worker %s: event loop stalled %.0f ms (%d sessions; lease TTL %d ms)",
@@ -184,39 +243,20 @@ class Worker:
                 )
 
     async def _renew(self) -> None:
+        """Renewals from the loop itself (a store with no second client: in-process)."""
         every = self.config.renew_every_ms / 1000
         while True:
             await asyncio.sleep(every)
-            owned = [s for s in self.sessions.values() if not s.outcome]
-            if not owned:
+            leases = self._owned_leases()
+            if not leases:
                 continue
             began = time.monotonic()
             try:
-                async with self.metrics.store.time("renew"):
-                    results = await self.store.renew(
-                        [s.lease for s in owned], self.config.lease_ttl_ms
-                    )
-                took_ms = (time.monotonic() - began) * 1000
-                if took_ms > self.config.lease_ttl_ms / 3:
-                    log.warning(
-                        "worker %s: renewing %d leases took %.0f ms (lease TTL %d ms)",
-                        self.id,
-                        len(owned),
-                        took_ms,
-                        self.config.lease_ttl_ms,
-                    )
+                results = await self.store.renew(leases, self.config.lease_ttl_ms)
             except StoreUnavailable as exc:
-                self.metrics.renewals.labels("store_down").inc(len(owned))
-                self.store_trouble(exc)
+                self._renewal_trouble(leases, exc)
                 continue
-            for one, ok in zip(owned, results, strict=True):
-                if ok:
-                    self.metrics.renewals.labels("ok").inc()
-                elif not one.outcome:
-                    log.warning("worker %s: lease of %s lost", self.id, one.session_id)
-                    self.metrics.renewals.labels("lost").inc()
-                    self.metrics.lost.inc()
-                    one.lose()
+            self._renewed(leases, results, time.monotonic() - began)
 
     async def _inbox(self) -> None:
         after = "$"
