@@ -36,6 +36,7 @@ SCENARIO = chaos.Scenario(
     kinds=chaos.LIFECYCLE,
     grace_s=12.0,
     drain_margin_s=4.0,  # drain deadline 8 s: mid-reply calls go by snapshot after 4 s
+    lines=3,  # the pods are all stopped by ~15 s; the calls last ~35 s
     max_wait_s=30.0,
 )
 
