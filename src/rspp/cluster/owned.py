@@ -269,8 +269,8 @@ class OwnedSession:
     def _capture(self) -> None:
         """A checkpoint of this instant, written after the output queued before it."""
         session = self.port.session
-        if not session.running:
-            return
+        if not session.running or self.outcome:
+            return  # (after a hand-over's checkpoint, no other may be taken)
         try:
             snap = session.snapshot()
         except Exception:
@@ -299,10 +299,13 @@ class OwnedSession:
             await self._wake.wait()
             self._wake.clear()
             while self._outbox or self._checkpoint is not None:
+                if self.released:
+                    return  # handed over: the next owner writes from here on
                 batch, self._outbox = self._outbox, []
                 checkpoint, self._checkpoint = self._checkpoint, None
-                # A move's last checkpoint (nothing after it) also releases the lease.
-                last = self.outcome == "moved" and not self._outbox and self._checkpoint is None
+                # A move's checkpoint (the hand-over's: none is taken after it) also
+                # releases the lease, in the same round trip.
+                last = self.outcome == "moved"
                 try:
                     if checkpoint is not None:
                         async with timer.time("save"):
@@ -341,6 +344,8 @@ class OwnedSession:
         every = self.worker.config.checkpoint_every_ms / 1000
         while True:
             await asyncio.sleep(every)
+            if self.outcome:
+                return  # (a hand-over took the last checkpoint: none may follow it)
             if self._dirty or self.port.session.ingress.seq != self.input_seq:
                 self.input_seq = self.port.session.ingress.seq
                 self._capture()
