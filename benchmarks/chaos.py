@@ -110,7 +110,17 @@ from rspp.transports.call.wire import AudioFormat
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stats import percentile  # benchmarks/ is on sys.path when a script runs
 
-__all__ = ["Chaos", "Scenario", "chaos_cluster", "details", "main", "run_chaos", "summary"]
+__all__ = [
+    "Chaos",
+    "Run",
+    "Scenario",
+    "chaos_cluster",
+    "details",
+    "main",
+    "play",
+    "run_chaos",
+    "summary",
+]
 
 FMT = AudioFormat(sample_rate=16000)  # the pipeline's own rate: nothing is resampled
 #: The kinds of fault, in the order they strike.
@@ -1221,6 +1231,28 @@ async def run_chaos(
         with contextlib.suppress(Exception):
             await chaos.store.close()
     return chaos, machine
+
+
+@dataclass
+class Run:
+    """A whole scenario played (:func:`play`): the run, its summary and details, and a
+    story of it to print beside a failed assertion."""
+
+    run: Chaos
+    out: dict[str, Any]
+    found: dict[str, Any]
+    story: str
+
+
+def play(sc: Scenario, log_dir: Path, timeout_s: float) -> Run:
+    """Start the cluster, run the scenario on it within ``timeout_s``, stop it (the tests)."""
+    lines: list[str] = []
+    with chaos_cluster(sc, log_dir) as cluster:
+        running = run_chaos(sc, cluster, lines.append)
+        run, machine = asyncio.run(asyncio.wait_for(running, timeout_s))
+        out = summary(run, machine, 0.0)
+        found = details(run)
+    return Run(run, out, found, "\n".join(lines) + f"\n{out}\n{found}")
 
 
 class _Collect(logging.Handler):

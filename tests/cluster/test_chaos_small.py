@@ -22,7 +22,6 @@ gateway that takes the call over -- a case this test leaves out).
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import sys
 from pathlib import Path
@@ -50,14 +49,8 @@ SCENARIO = chaos.Scenario(
 
 
 def test_one_fault_of_each_kind_and_the_callers_lose_nothing(tmp_path: Path) -> None:
-    lines: list[str] = []
-    with chaos.chaos_cluster(SCENARIO, tmp_path / "logs") as cluster:
-        run, machine = asyncio.run(
-            asyncio.wait_for(chaos.run_chaos(SCENARIO, cluster, lines.append), 80.0)
-        )
-        out = chaos.summary(run, machine, 0.0)
-        found = chaos.details(run)
-    story = "\n".join(lines) + f"\n{out}\n{found}"
+    played = chaos.play(SCENARIO, tmp_path / "logs", 80.0)
+    run, out, story = played.run, played.out, played.story
 
     assert out["faults"]["count"] == len(SCENARIO.kinds), story
     assert out["faults_failed"] == [], story

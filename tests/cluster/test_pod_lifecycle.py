@@ -15,7 +15,6 @@ period and exited 0 (none needed the SIGKILL). The pause each call heard is repo
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import sys
 from pathlib import Path
@@ -42,14 +41,8 @@ SCENARIO = chaos.Scenario(
 
 
 def test_a_rolling_update_and_a_scale_down_lose_no_call(tmp_path: Path) -> None:
-    lines: list[str] = []
-    with chaos.chaos_cluster(SCENARIO, tmp_path / "logs") as cluster:
-        run, machine = asyncio.run(
-            asyncio.wait_for(chaos.run_chaos(SCENARIO, cluster, lines.append), 120.0)
-        )
-        out = chaos.summary(run, machine, 0.0)
-        found = chaos.details(run)
-    story = "\n".join(lines) + f"\n{out}\n{found}"
+    played = chaos.play(SCENARIO, tmp_path / "logs", 120.0)
+    run, out, found, story = played.run, played.out, played.found, played.story
     print(story)  # the pause each call heard: found["faults"][n]["pause_ms_by_call"]
 
     kinds = [f.kind for f in run.faults]

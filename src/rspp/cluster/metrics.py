@@ -38,9 +38,16 @@ class StoreTimer:
         try:
             yield
         except Exception:
-            self.errors.labels(self.role, op).inc()
+            self.failed(op)
             raise
-        self.latency.labels(self.role, op).observe((time.perf_counter() - started) * 1000)
+        self.observe(op, (time.perf_counter() - started) * 1000)
+
+    def observe(self, op: str, ms: float) -> None:
+        """A round trip timed elsewhere (another thread's, say)."""
+        self.latency.labels(self.role, op).observe(ms)
+
+    def failed(self, op: str) -> None:
+        self.errors.labels(self.role, op).inc()
 
 
 class _Role:

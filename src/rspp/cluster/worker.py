@@ -166,7 +166,7 @@ class Worker:
     def _renewed(self, leases: Sequence[Lease], results: list[bool], took_s: float) -> None:
         """What a renewal round (in the loop, or from the renewer's thread) was answered."""
         ttl = self.config.lease_ttl_ms
-        self.metrics.store.latency.labels(self.metrics.store.role, "renew").observe(took_s * 1000)
+        self.metrics.store.observe("renew", took_s * 1000)
         if took_s * 1000 > ttl / 3:
             log.warning(
                 "worker %s: renewing %d leases took %.0f ms (lease TTL %d ms)",
@@ -187,6 +187,7 @@ class Worker:
                 one.lose()
 
     def _renewal_trouble(self, leases: Sequence[Lease], exc: StoreError) -> None:
+        self.metrics.store.failed("renew")  # (as StoreTimer.time counted it, before the thread)
         self.metrics.renewals.labels("store_down").inc(len(leases))
         self.store_trouble(exc)
 
