@@ -114,6 +114,32 @@ def test_a_crashed_worker_s_call_is_taken_over_and_nothing_is_heard_twice() -> N
     run(body)
 
 
+def test_a_crashed_worker_s_call_is_taken_over_long_before_its_lease_would_lapse() -> None:
+    """Its presence ended with it: the dispatcher does not wait for a 20 s lease TTL."""
+
+    async def body() -> None:
+        async with (
+            cluster(MemoryStore(), SCRIPT, workers=2, worker_config={"lease_ttl_ms": 20_000}) as c,
+            Call.connect(c.url, token=TOKEN, input=FMT, output=FMT) as call,
+        ):
+            caller = asyncio.create_task(
+                Caller(call, [line(d, n) for n, d in enumerate(SCRIPT)]).play()
+            )
+            await mid_reply(call, 2, heard_ms=700.0)
+            dead = c.owner_of(call.session)
+            await c.crash(dead.id)
+            (survivor,) = [w for w in c.workers.values() if w.id != dead.id]
+            for _ in range(300):
+                if call.session in survivor.sessions:
+                    break
+                await asyncio.sleep(0.01)
+            assert call.session in survivor.sessions, "not taken over within 3 s"
+            await caller
+            replies_heard_once(call, SCRIPT)
+
+    run(body)
+
+
 def test_a_draining_worker_hands_its_calls_over_and_stops() -> None:
     async def body() -> None:
         async with (

@@ -1,6 +1,7 @@
 """The Lua scripts of the Redis store follow the lease rules of ``LeaseState``, step by step.
 
-Random sequences of acquire, renew, release, finish, claim and fenced writes by
+Random sequences of acquire, renew, release, finish, claim (also naming a lease as
+dead) and fenced writes by
 three workers, with TTLs and holds that are either "already over" (0) or
 "forever" (so no result depends on the exact clock), run on the pure rules
 and on a real Redis; every result must agree.
@@ -22,7 +23,7 @@ FOREVER = 10**9
 WORKERS = ("w1", "w2", "w3")
 
 op = st.tuples(
-    st.sampled_from(["acquire", "renew", "release", "finish", "claim", "write"]),
+    st.sampled_from(["acquire", "renew", "release", "finish", "claim", "claim_dead", "write"]),
     st.sampled_from(WORKERS),
     st.sampled_from([0, FOREVER]),
     st.integers(0, 3),  # which of the tokens seen so far (stale ones included)
@@ -69,6 +70,9 @@ async def _compare(url: str, ops: list[tuple[str, str, int, int, str]]) -> None:
             elif name == "claim":
                 want = model.claim(ttl, now)
                 assert await store.claim("s", ttl) == want
+            elif name == "claim_dead":  # (the lease of ``worker`` at ``token`` named dead)
+                want = model.claim(ttl, now, (worker, token))
+                assert await store.claim("s", ttl, (worker, token)) == want
             else:
                 want = model.allows(token)
                 try:

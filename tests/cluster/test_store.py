@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +14,7 @@ import pytest
 from redis.crc import key_slot
 
 from rspp.cluster import Fenced, SessionRecord, SessionStore, WorkerInfo, keys
+from rspp.cluster.store import StoreError
 
 Run = Callable[[Callable[[SessionStore], Any]], Any]
 
@@ -249,3 +253,92 @@ def test_many_blocking_reads_at_once_leave_room_for_renewals(with_store: Run) ->
         assert [len(r.result()) for r in reads].count(1) == 1  # r7's read got its entry
 
     with_store(body)
+
+
+def test_a_worker_is_present_while_it_holds_its_presence(with_store: Run) -> None:
+    async def body(store: SessionStore) -> None:
+        assert await store.present(["w1", "w2"]) == [False, False]
+        holding = asyncio.create_task(store.hold_presence("w1"))
+        for _ in range(100):  # (a subscription on Redis takes a round trip)
+            if await store.present(["w1", "w2"]) == [True, False]:
+                break
+            await asyncio.sleep(0.01)
+        assert await store.present(["w1", "w2"]) == [True, False]
+        holding.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await holding
+        for _ in range(100):
+            if await store.present(["w1"]) == [False]:
+                break
+            await asyncio.sleep(0.01)
+        assert await store.present(["w1"]) == [False]
+
+    with_store(body)
+
+
+def test_what_a_worker_owns_is_known_and_a_dead_owners_lease_lapses_at_once(
+    with_store: Run,
+) -> None:
+    async def body(store: SessionStore) -> None:
+        a = await store.acquire("s1", "w1", ttl_ms=60_000)
+        b = await store.acquire("s2", "w1", ttl_ms=60_000)
+        c = await store.acquire("s3", "w2", ttl_ms=60_000)
+        assert a and b and c
+        await store.renew([a, b], ttl_ms=60_000)
+        await store.renew([c], ttl_ms=60_000)
+        assert sorted(await store.owned_by("w1")) == [("s1", 1), ("s2", 1)]
+        assert await store.owned_by("w2") == [("s3", 1)]
+        # Held: not claimable, unless named dead -- and then only with its owner and token.
+        assert not await store.claim("s1", 5000)
+        assert not await store.claim("s1", 5000, ("w2", 1))
+        assert not await store.claim("s1", 5000, ("w1", 2))
+        assert await store.claim("s1", 5000, ("w1", 1))
+        assert not await store.claim("s1", 5000, ("w1", 1))  # (one claim per hold)
+        taken = await store.acquire("s1", "w3", ttl_ms=60_000)  # lapsed: another may take it
+        assert taken is not None and taken.token == 2
+        assert await store.renew([a], ttl_ms=60_000) == [False]  # and the old one is fenced
+        with pytest.raises(Fenced):
+            await store.append_output(a, [b"late"])
+        # Named dead wrongly: a live owner renews, and keeps it if nobody took it meanwhile.
+        assert await store.claim("s2", 5000, ("w1", 1))
+        assert await store.renew([b], ttl_ms=60_000) == [True]
+        assert await store.acquire("s2", "w3", ttl_ms=60_000) is None
+
+    with_store(body)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_a_presence_on_redis_is_made_again_after_the_server_restarts() -> None:
+    """A restart drops every subscription; a live worker must be present again within the
+    dispatchers' grace after an outage (a lease TTL and two renewals), or they would
+    take its sessions for a dead worker's."""
+    from rspp.cluster.redis_server import RedisServer
+    from rspp.cluster.redis_store import RedisStore
+
+    async def present_within(store: RedisStore, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            with contextlib.suppress(StoreError):
+                if await store.present(["w1"]) == [True]:
+                    return True
+            await asyncio.sleep(0.01)
+        return False
+
+    async def body(server: RedisServer) -> None:
+        holder, asker = RedisStore(server.url), RedisStore(server.url)
+        holding = asyncio.create_task(holder.hold_presence("w1"))
+        try:
+            assert await present_within(asker, 2.0)
+            await asyncio.to_thread(server.restart, 0.3)
+            back = time.monotonic()
+            assert await present_within(asker, 0.6), "not present again within 0.6 s"
+            assert time.monotonic() - back < 0.6
+        finally:
+            holding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await holding
+            await holder.close()
+            await asker.close()
+
+    with RedisServer() as server:
+        asyncio.run(asyncio.wait_for(body(server), 30))

@@ -17,9 +17,15 @@ It does three things:
   why: the gateway tells the caller); a move or failover with no room is
   retried until there is.
 * **failover** -- every ``scan_every_ms``, sessions whose lease lapsed (the
-  store's index) are claimed and placed elsewhere. Not while the store has
-  been back for less than a lease TTL and a renewal: after an outage the live
-  owners get to renew first.
+  store's index) are claimed and placed elsewhere. So are, at once, the
+  sessions of a worker whose *presence* ended (:meth:`SessionStore.present`:
+  bound to a connection of the worker's process, it ends when the process
+  dies) for ``absent_for_ms``: a SIGKILL, a crash or the OOM killer costs the
+  caller the take, not the lease TTL too. A hung or cut-off worker keeps its
+  connection, or its presence cannot be asked: for those the TTL decides, as
+  before. Neither while the store has been back for less than a lease TTL and
+  a renewal: after an outage the live owners get to renew (and be present)
+  first.
 * **admin** -- :func:`request_move` (``rspp sessions move``, the dispatcher's
   admin endpoint) asks a session's owner to hand it over.
 """
@@ -64,6 +70,8 @@ class DispatcherConfig:
     claim_hold_ms: int = 3000
     reclaim_after_ms: int = 2000
     retry_after_s: float = 0.2
+    #: A worker seen present whose presence has ended for this long is dead.
+    absent_for_ms: int = 50
 
 
 class MoveRefused(StoreError):
@@ -90,6 +98,10 @@ class Dispatcher:
         self.store_ok = True
         #: Moves and failovers that found no room: (when to try again, request).
         self._retry: list[tuple[float, Request]] = []
+        #: Presence: workers seen present, since when each absent one has been, the dead.
+        self._seen: set[str] = set()
+        self._absent: dict[str, float] = {}
+        self._dead: set[str] = set()
 
     @property
     def id(self) -> str:
@@ -118,7 +130,8 @@ class Dispatcher:
         now = time.monotonic()
         if fresh or now - self._workers_at > 0.1:
             async with self.metrics.store.time("workers"):
-                self._workers = await self.store.workers(self.config.worker_max_age_ms)
+                found = await self.store.workers(self.config.worker_max_age_ms)
+            self._workers = [w for w in found if w.id not in self._dead]
             self._workers_at = now
             self.metrics.workers.set(len(self._workers))
             self.metrics.room.set(sum(w.room for w in self._workers))
@@ -184,21 +197,65 @@ class Dispatcher:
             try:
                 found = await self.store.orphans()
                 self._fine()  # the store answered: the grace is judged from here
-                if not found or time.monotonic() - self._healthy_since < grace:
+                if time.monotonic() - self._healthy_since < grace:
+                    self._absent.clear()  # (presences are being made again, too)
                     continue  # (just back from an outage: owners renew first)
+                dead = await self._gone()
                 # All at once: a dead worker's sessions wait for the slowest, not the sum.
                 async with asyncio.TaskGroup() as tg:
                     for sid in found:
                         tg.create_task(self._failover(sid))
+                    for sid, lease in dead.items():
+                        if sid not in found:
+                            tg.create_task(self._failover(sid, lease))
             except* StoreUnavailable as group:
                 self._trouble(StoreUnavailable(str(group.exceptions[0])))
 
-    async def _failover(self, sid: str) -> None:
-        """Place ``sid`` elsewhere if this dispatcher's claim on it succeeds."""
+    async def _gone(self) -> dict[str, tuple[str, int]]:
+        """The sessions (and their dead leases) of workers whose presence just ended."""
+        now = time.monotonic()
+        ids = sorted({w.id for w in await self.workers()} | self._absent.keys())
+        if not ids:
+            return {}
+        here = await self.store.present(ids)
+        gone: list[str] = []
+        for wid, present in zip(ids, here, strict=True):
+            if present:
+                self._seen.add(wid)
+                self._absent.pop(wid, None)
+                self._dead.discard(wid)  # (back: it was not dead, or it is another one now)
+            elif wid in self._seen:  # (one never seen present may not have subscribed yet)
+                since = self._absent.setdefault(wid, now)
+                if now - since >= self.config.absent_for_ms / 1000 and wid not in self._dead:
+                    gone.append(wid)
+        for wid, since in list(self._absent.items()):
+            if now - since > 60.0:  # long gone: forgotten
+                del self._absent[wid]
+                self._seen.discard(wid)
+                self._dead.discard(wid)
+        sessions: dict[str, tuple[str, int]] = {}
+        for wid in gone:
+            owned = await self.store.owned_by(wid)
+            self._dead.add(wid)  # (after the read: a failed one is tried again next scan)
+            self._workers = [w for w in self._workers if w.id != wid]
+            self.metrics.workers_gone.inc()
+            log.warning(
+                "dispatcher %s: worker %s is gone (its presence ended): failing over its"
+                " %d sessions now",
+                self.id,
+                wid,
+                len(owned),
+            )
+            sessions.update((sid, (wid, token)) for sid, token in owned)
+        return sessions
+
+    async def _failover(self, sid: str, dead: tuple[str, int] | None = None) -> None:
+        """Place ``sid`` elsewhere if this dispatcher's claim on it succeeds (``dead``: the
+        lease of an owner whose process is gone, which lapses now)."""
         # The record and the lapsed owner are read beside the claim (one round trip, not
         # three); a claim lost to another dispatcher costs two small reads.
         claimed, record, (owner, _, _) = await asyncio.gather(
-            self.store.claim(sid, self.config.claim_hold_ms),
+            self.store.claim(sid, self.config.claim_hold_ms, dead),
             self.store.record(sid),
             self.store.lease_of(sid),
         )

@@ -24,6 +24,11 @@ key                     type        what it holds
 ``rspp:dispatch``       stream      requests to dispatchers (consumer group
                                     ``dispatchers``: each goes to one of them)
 ``rspp:w:{W}:inbox``    stream      what a worker is told: take a session, move one
+``rspp:w:{W}:owned``    hash        session id -> lease token: what a worker owned at
+                                    its last renewal (for a fast failover when it dies)
+``rspp:{alive}:W``      channel     sharded pub/sub: a worker process is subscribed
+                                    while it lives (all in one slot: one
+                                    ``PUBSUB SHARDNUMSUB`` asks for every worker)
 ======================  ==========  ================================================
 """
 
@@ -37,6 +42,8 @@ __all__ = [
     "input_log",
     "lease",
     "output",
+    "owned",
+    "presence",
     "session",
     "snapshot",
     "worker_inbox",
@@ -71,3 +78,11 @@ def output(sid: str) -> str:
 
 def worker_inbox(worker: str) -> str:
     return f"{PREFIX}:w:{{{worker}}}:inbox"
+
+
+def owned(worker: str) -> str:
+    return f"{PREFIX}:w:{{{worker}}}:owned"
+
+
+def presence(worker: str) -> str:
+    return f"{PREFIX}:{{alive}}:{worker}"

@@ -23,7 +23,11 @@ the same rules as Lua scripts, and a parity test holds them to each other):
 * **finish** -- the session ended: nobody may acquire it again.
 * **claim** -- a dispatcher's right to place a session whose owner is gone:
   at most one claim per ``hold`` window, so two dispatchers scanning at once
-  do not both act (and if they did, only one worker would acquire).
+  do not both act (and if they did, only one worker would acquire). A claim
+  that names the owner and token as *dead* (its process is gone: its presence
+  in the store ended) lets the lease lapse now rather than at its TTL. That
+  is safe even when the verdict is wrong: a live owner renews and keeps the
+  session unless another worker acquires it first, and then it is fenced.
 * **fenced write** -- allowed iff the token is the current one.
 
 Times are the store's clock in milliseconds (Redis ``TIME``), never a worker's.
@@ -93,9 +97,13 @@ class LeaseState:
         self.expires_ms = 0
         return True
 
-    def claim(self, hold_ms: int, now_ms: int) -> bool:
-        if self.ended or self.token == 0 or self.held(now_ms):
+    def claim(self, hold_ms: int, now_ms: int, dead: tuple[str, int] | None = None) -> bool:
+        if self.ended or self.token == 0:
             return False
+        if self.held(now_ms):
+            if dead != (self.owner, self.token):
+                return False
+            self.expires_ms = now_ms  # its owner is dead: lapsed now, not at its TTL
         if not self.owner and now_ms < self.handoff_until_ms:
             return False  # handed over on purpose: the taker has until then
         if now_ms < self.claim_until_ms:

@@ -88,6 +88,8 @@ class MemoryStore:
     def __init__(self) -> None:
         self._sessions: dict[str, _Session] = {}
         self._workers: dict[str, WorkerInfo] = {}
+        #: Worker id -> how many holders of its presence are running.
+        self._present: dict[str, int] = {}
         self._inboxes: dict[str, _Stream] = {}
         self._dispatch = _Stream()
         #: Requests taken by a dispatcher and not yet acknowledged: id -> (who, when).
@@ -162,8 +164,25 @@ class MemoryStore:
         ]
         return found[:limit]
 
-    async def claim(self, sid: str, hold_ms: int) -> bool:
-        return self._session(sid).lease.claim(hold_ms, self._now())
+    async def claim(self, sid: str, hold_ms: int, dead: tuple[str, int] | None = None) -> bool:
+        return self._session(sid).lease.claim(hold_ms, self._now(), dead)
+
+    async def hold_presence(self, worker: str) -> None:
+        self._present[worker] = self._present.get(worker, 0) + 1
+        try:
+            await asyncio.Event().wait()  # (until cancelled: a stopped worker is absent)
+        finally:
+            self._present[worker] -= 1
+
+    async def present(self, workers: Sequence[str]) -> list[bool]:
+        return [self._present.get(w, 0) > 0 for w in workers]
+
+    async def owned_by(self, worker: str) -> list[tuple[str, int]]:
+        return [
+            (sid, s.lease.token)
+            for sid, s in self._sessions.items()
+            if s.lease.owner == worker and not s.lease.ended
+        ]
 
     # -- state ------------------------------------------------------------------------------
 

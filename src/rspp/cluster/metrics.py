@@ -124,6 +124,11 @@ class DispatcherMetrics(_Role):
         self.orphans = Counter(
             "rspp_dispatch_orphans", "Sessions found with a lapsed lease and claimed", registry=r
         )
+        self.workers_gone = Counter(
+            "rspp_dispatch_workers_gone",
+            "Workers whose presence in the store ended (their process died): failed over",
+            registry=r,
+        )
 
 
 class GatewayMetrics(_Role):

@@ -97,6 +97,8 @@ class OwnedSession:
         self.pipeline = pipeline
         self.why = why
         self._asked_ns = asked_ns
+        #: When each step of the take ended (perf_counter ns): the "taken" log line's split.
+        self.steps: dict[str, int] = {}
         self.store = worker.store
         self.outcome = ""
         self.input_seq = checkpoint.input_seq if checkpoint else 0
@@ -143,8 +145,10 @@ class OwnedSession:
         """Own the session until it ends, moves or is lost."""
         session = self.port.session
         watch(session, worker=self.worker.id, incarnation=self.lease.token)  # logs, traces
+        self.steps["built"] = time.perf_counter_ns()
         try:
             await session.start()
+            self.steps["started"] = time.perf_counter_ns()
         except SnapshotError as exc:
             self.outcome = "refused"
             self.log.error("its checkpoint is refused here: %s", exc)

@@ -19,6 +19,7 @@ and the ACL user from ``RSPP_REDIS_USERNAME``; neither is ever logged
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -45,6 +46,8 @@ OUTPUT_KEPT = 4096
 #: A session's keys live this long after their last refresh, and this long after its end.
 SESSION_TTL_MS = 24 * 3600 * 1000
 ENDED_TTL_MS = 120 * 1000
+#: What a worker owns (as its last renewal said) is kept this long after that renewal.
+OWNED_TTL_MS = 60 * 1000
 SEQ_BITS = 20
 
 _NOW = """
@@ -98,6 +101,14 @@ return #ARGV - 1
 """
 )
 
+# KEYS: a worker's owned hash. ARGV: key_ttl_ms, session, token, session, token...
+_OWNED = """
+redis.call('DEL', KEYS[1])
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
 # KEYS: lease. ARGV: worker, token, to, hold_ms. -> 1 or 0
 _RELEASE = (
     _NOW
@@ -125,14 +136,17 @@ end
 return 1
 """
 
-# KEYS: lease. ARGV: hold_ms. -> 1 or 0
+# KEYS: lease. ARGV: hold_ms[, dead owner, its token]. -> 1 or 0
 _CLAIM = (
     _NOW
     + """
 local h = redis.call('HMGET', KEYS[1], 'owner', 'token', 'exp', 'huntil', 'cuntil', 'ended')
 local owner = h[1] or ''
 if h[6] == '1' or tonumber(h[2] or '0') == 0 then return 0 end
-if owner ~= '' and tonumber(h[3] or '0') > now then return 0 end
+if owner ~= '' and tonumber(h[3] or '0') > now then
+  if owner ~= (ARGV[2] or '') or tonumber(h[2]) ~= tonumber(ARGV[3] or '-1') then return 0 end
+  redis.call('HSET', KEYS[1], 'exp', now)  -- its owner is dead: lapsed now, not at its TTL
+end
 if owner == '' and now < tonumber(h[4] or '0') then return 0 end
 if now < tonumber(h[5] or '0') then return 0 end
 redis.call('HSET', KEYS[1], 'cuntil', now + tonumber(ARGV[1]))
@@ -244,6 +258,7 @@ class RedisStore:
         self._append_output = r.register_script(_APPEND_OUTPUT)
         self._heartbeat = r.register_script(_HEARTBEAT)
         self._index = r.register_script(_INDEX)
+        self._owned = r.register_script(_OWNED)
         self._group_ready = False
 
     async def _call(self, what: Callable[[], Awaitable[T]]) -> T:
@@ -336,9 +351,17 @@ class RedisStore:
                 await self._index(
                     keys=[keys.LEASES], args=[ttl_ms, *(one.session for one in leases)], client=pipe
                 )
+                # And what each worker owns (for a fast failover when its process dies).
+                for worker in owners:
+                    mine = [one for one in leases if one.worker == worker]
+                    pairs = [v for one in mine for v in (one.session, one.token)]
+                    await self._owned(
+                        keys=[keys.owned(worker)], args=[OWNED_TTL_MS, *pairs], client=pipe
+                    )
                 return await pipe.execute()  # type: ignore[no-any-return]
 
-        results = (await self._call(run))[:-1]
+        owners = sorted({one.worker for one in leases})
+        results = (await self._call(run))[: len(leases)]
         return [bool(exp) for exp in results]
 
     async def release(self, lease: Lease, to: str = "", hold_ms: int = 2000) -> bool:
@@ -379,8 +402,9 @@ class RedisStore:
         )
         return [_text(sid) for sid in found]
 
-    async def claim(self, sid: str, hold_ms: int) -> bool:
-        got = await self._call(lambda: self._claim(keys=[keys.lease(sid)], args=[hold_ms]))
+    async def claim(self, sid: str, hold_ms: int, dead: tuple[str, int] | None = None) -> bool:
+        args = [hold_ms, *(dead or ())]
+        got = await self._call(lambda: self._claim(keys=[keys.lease(sid)], args=args))
         if not got:
             owner, _, expires = await self.lease_of(sid)
             if not owner and not expires:
@@ -591,6 +615,42 @@ class RedisStore:
                 await pipe.execute()
 
         await self._call(run)
+
+    # -- presence ---------------------------------------------------------------------------
+
+    async def hold_presence(self, worker: str) -> None:
+        """Subscribed to ``worker``'s presence channel (sharded pub/sub) until cancelled.
+
+        The subscription lives as long as its connection: a process that dies (SIGKILL,
+        a crash, the OOM killer) closes it, and the server counts it gone at once. A
+        connection the server dropped (a restart) is made again at once.
+        """
+        channel = keys.presence(worker)
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.ssubscribe(channel)
+                while True:  # (reading is how a dropped connection shows)
+                    await pubsub.get_message(timeout=1.0)
+            except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError):
+                await asyncio.sleep(0.05)
+            finally:
+                with contextlib.suppress(Exception):  # (a dead connection: nothing to close)
+                    await pubsub.aclose()
+
+    async def present(self, workers: Sequence[str]) -> list[bool]:
+        if not workers:
+            return []
+        channels = [keys.presence(w) for w in workers]
+        reply = await self._call(
+            lambda: self.redis.execute_command("PUBSUB", "SHARDNUMSUB", *channels)
+        )
+        counts = {_text(reply[i]): int(reply[i + 1]) for i in range(0, len(reply), 2)}
+        return [counts.get(ch, 0) > 0 for ch in channels]
+
+    async def owned_by(self, worker: str) -> list[tuple[str, int]]:
+        raw = await self._call(lambda: self.redis.hgetall(keys.owned(worker)))
+        return [(_text(sid), int(token)) for sid, token in raw.items()]
 
     def fork(self) -> RedisStore:
         """Another client of the same store (its own connections: for another event loop)."""

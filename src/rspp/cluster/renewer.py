@@ -12,6 +12,10 @@ for ``alive_within_s`` the renewer stops vouching, so a worker whose loop has hu
 its sessions to a live one exactly as a dead worker does. What the store answers goes
 back to the loop (``on_result`` / ``on_trouble``, through ``call_soon_threadsafe``),
 where the sessions are.
+
+It also holds the worker's *presence* (:meth:`SessionStore.hold_presence`) on its own
+connection, for as long as the process lives: a worker that dies is seen gone by the
+dispatchers at once, and its sessions fail over without waiting for their TTL.
 """
 
 from __future__ import annotations
@@ -43,8 +47,11 @@ class Renewer:
         alive_within_s: float,
         on_result: Callable[[Sequence[Lease], list[bool], float], None],
         on_trouble: Callable[[Sequence[Lease], StoreError], None],
+        presence: str = "",
     ) -> None:
+        """``presence``: the worker id to hold the presence of ("" for none)."""
         self._connect = connect
+        self.presence = presence
         self.ttl_ms = ttl_ms
         self.every_s = every_s
         self.alive_within_s = alive_within_s
@@ -86,6 +93,7 @@ class Renewer:
 
     async def _run(self) -> None:
         store = self._connect()
+        present = asyncio.create_task(store.hold_presence(self.presence)) if self.presence else None
         try:
             while not self._stop.is_set():
                 await asyncio.sleep(self.every_s)
@@ -106,6 +114,10 @@ class Renewer:
             log.exception("the lease renewer failed")
             self._reply(self._on_trouble, self._leases, StoreUnavailable("lease renewer failed"))
         finally:
+            if present is not None:
+                present.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await present
             try:
                 await store.close()
             except Exception:  # (closing a client on the way out: nothing left to do)

@@ -87,8 +87,27 @@ class SessionStore(Protocol):
         """Sessions whose lease ran out (from the index; a candidate list, not a verdict)."""
         ...
 
-    async def claim(self, sid: str, hold_ms: int) -> bool:
-        """A dispatcher's exclusive right, for ``hold_ms``, to place an orphaned session."""
+    async def claim(self, sid: str, hold_ms: int, dead: tuple[str, int] | None = None) -> bool:
+        """A dispatcher's exclusive right, for ``hold_ms``, to place an orphaned session.
+
+        ``dead``: ``(owner, token)`` of a lease whose owner's process is gone
+        (:meth:`present` says so): the lease lapses now if it is still that one's.
+        """
+        ...
+
+    # -- presence (a dead process is seen at once, not at its leases' TTL) -------------------
+
+    async def hold_presence(self, worker: str) -> None:
+        """Be present as ``worker`` until cancelled (bound to a connection: a process that
+        dies is absent at once)."""
+        ...
+
+    async def present(self, workers: Sequence[str]) -> list[bool]:
+        """Whether each of ``workers`` holds its presence now."""
+        ...
+
+    async def owned_by(self, worker: str) -> list[tuple[str, int]]:
+        """``(session, token)`` of the leases ``worker`` held at its last renewal."""
         ...
 
     # -- state ------------------------------------------------------------------------------

@@ -5,7 +5,10 @@ capacity, sessions, CPU, draining) and takes what its inbox says: ``take`` a
 session (new, or another worker's that died or moved), ``move`` one away,
 ``drain``. All its sessions' leases are renewed together every
 ``renew_every_ms``; a lease the store no longer grants is *lost*: that session
-stops at once, silently (its new owner speaks now). While the store cannot be
+stops at once, silently (its new owner speaks now). It also holds its *presence*
+in the store while its process lives (:meth:`SessionStore.hold_presence`): when
+the process dies, the dispatchers see it gone at once and fail its sessions over
+without waiting for their leases' TTL. While the store cannot be
 reached, sessions go on (their leases cannot lapse into anyone's hands: no
 dispatcher can reach the store either) and catch up when it is back.
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import socket
@@ -136,6 +140,7 @@ class Worker:
                 ]
                 if renewer is None:
                     loops.append(tg.create_task(self._renew()))
+                    loops.append(tg.create_task(self.store.hold_presence(self.id)))
                 else:
                     renewer.start()
                 await self._stop.wait()
@@ -158,6 +163,7 @@ class Worker:
             alive_within_s=ttl * 2 / 3000,
             on_result=self._renewed,
             on_trouble=self._renewal_trouble,
+            presence=self.id,
         )
 
     def _owned_leases(self) -> tuple[Lease, ...]:
@@ -333,7 +339,9 @@ class Worker:
             if record is None or record.state in ("ended", "refused"):
                 await store.finish(lease)  # over (or never was): nobody is to own it
                 return
+            leased = time.perf_counter_ns()
             raw, tail = await asyncio.gather(store.load(sid), store.output_tail(sid, 300))
+            loaded = time.perf_counter_ns()
         except StoreUnavailable as exc:
             self.store_trouble(exc)
             return
@@ -349,6 +357,7 @@ class Worker:
         if checkpoint is not None and why != "swap":
             delivered = delivered_since(checkpoint, tail)
         owned = OwnedSession(self, lease, pipeline, checkpoint, why, asked, delivered)
+        owned.steps.update(leased=leased, loaded=loaded)
         self.sessions[sid] = owned
         self.metrics.active.set(len(self.sessions))
         assert self._group is not None
@@ -406,13 +415,19 @@ class Worker:
         """``owned`` made its first output (the caller hears it again)."""
         self.metrics.takeovers.labels(owned.why).inc()
         self.metrics.takeover_ms.labels(owned.why).observe(ms)
+        # Where the time went: each step's end since the one before (ms), from the take's
+        # start -- the lease, the checkpoint, the session built, started, its first output.
+        ends = [owned._asked_ns, *owned.steps.values(), time.perf_counter_ns()]
+        split = "/".join(f"{(b - a) / 1e6:.0f}" for a, b in itertools.pairwise(ends))
         log.info(
-            "worker %s: session %s taken (%s, token %d) in %.1f ms",
+            "worker %s: session %s taken (%s, token %d) in %.1f ms (%s: %s)",
             self.id,
             owned.session_id,
             owned.why,
             owned.lease.token,
             ms,
+            "/".join(owned.steps) + "/output",
+            split,
         )
 
     async def _own(self, owned: OwnedSession, pipeline: str) -> None:
