@@ -70,8 +70,9 @@ class DispatcherConfig:
     claim_hold_ms: int = 3000
     reclaim_after_ms: int = 2000
     retry_after_s: float = 0.2
-    #: A worker seen present whose presence has ended for this long is dead.
-    absent_for_ms: int = 50
+    #: A worker seen present whose presence has ended, and still has this long after, is
+    #: dead (a connection being made again is back well within it).
+    absent_for_ms: int = 30
 
 
 class MoveRefused(StoreError):
@@ -98,9 +99,8 @@ class Dispatcher:
         self.store_ok = True
         #: Moves and failovers that found no room: (when to try again, request).
         self._retry: list[tuple[float, Request]] = []
-        #: Presence: workers seen present, since when each absent one has been, the dead.
+        #: Presence: the workers seen present (and not gone since), and the gone ones.
         self._seen: set[str] = set()
-        self._absent: dict[str, float] = {}
         self._dead: set[str] = set()
 
     @property
@@ -131,6 +131,7 @@ class Dispatcher:
         if fresh or now - self._workers_at > 0.1:
             async with self.metrics.store.time("workers"):
                 found = await self.store.workers(self.config.worker_max_age_ms)
+            self._dead &= {w.id for w in found}  # (one no longer beating is forgotten)
             self._workers = [w for w in found if w.id not in self._dead]
             self._workers_at = now
             self.metrics.workers.set(len(self._workers))
@@ -195,12 +196,11 @@ class Dispatcher:
         while True:
             await asyncio.sleep(cfg.scan_every_ms / 1000)
             try:
-                found = await self.store.orphans()
+                found, absent = await asyncio.gather(self.store.orphans(), self._absentees())
                 self._fine()  # the store answered: the grace is judged from here
                 if time.monotonic() - self._healthy_since < grace:
-                    self._absent.clear()  # (presences are being made again, too)
-                    continue  # (just back from an outage: owners renew first)
-                dead = await self._gone()
+                    continue  # (just back from an outage: owners renew, and subscribe, first)
+                dead = await self._gone(absent)
                 # All at once: a dead worker's sessions wait for the slowest, not the sum.
                 async with asyncio.TaskGroup() as tg:
                     for sid in found:
@@ -211,32 +211,33 @@ class Dispatcher:
             except* StoreUnavailable as group:
                 self._trouble(StoreUnavailable(str(group.exceptions[0])))
 
-    async def _gone(self) -> dict[str, tuple[str, int]]:
-        """The sessions (and their dead leases) of workers whose presence just ended."""
-        now = time.monotonic()
-        ids = sorted({w.id for w in await self.workers()} | self._absent.keys())
+    async def _absentees(self) -> list[str]:
+        """Workers this dispatcher has seen present and that are not now."""
+        ids = sorted({w.id for w in await self.workers()} | self._seen)
         if not ids:
-            return {}
-        here = await self.store.present(ids)
-        gone: list[str] = []
-        for wid, present in zip(ids, here, strict=True):
+            return []
+        absent: list[str] = []
+        for wid, present in zip(ids, await self.store.present(ids), strict=True):
             if present:
                 self._seen.add(wid)
-                self._absent.pop(wid, None)
                 self._dead.discard(wid)  # (back: it was not dead, or it is another one now)
-            elif wid in self._seen:  # (one never seen present may not have subscribed yet)
-                since = self._absent.setdefault(wid, now)
-                if now - since >= self.config.absent_for_ms / 1000 and wid not in self._dead:
-                    gone.append(wid)
-        for wid, since in list(self._absent.items()):
-            if now - since > 60.0:  # long gone: forgotten
-                del self._absent[wid]
-                self._seen.discard(wid)
-                self._dead.discard(wid)
+            elif wid in self._seen and wid not in self._dead:
+                absent.append(wid)  # (one never seen present may not have subscribed yet)
+        return absent
+
+    async def _gone(self, absent: list[str]) -> dict[str, tuple[str, int]]:
+        """The sessions (and their dead leases) of the ``absent`` workers that are gone:
+        still absent ``absent_for_ms`` later (not a connection being made again)."""
+        if not absent:
+            return {}
+        await asyncio.sleep(self.config.absent_for_ms / 1000)
+        again = await self.store.present(absent)
+        gone = [wid for wid, present in zip(absent, again, strict=True) if not present]
+        owned = await asyncio.gather(*(self.store.owned_by(wid) for wid in gone))
         sessions: dict[str, tuple[str, int]] = {}
-        for wid in gone:
-            owned = await self.store.owned_by(wid)
-            self._dead.add(wid)  # (after the read: a failed one is tried again next scan)
+        for wid, theirs in zip(gone, owned, strict=True):
+            self._dead.add(wid)
+            self._seen.discard(wid)  # (seen present again, it is alive again)
             self._workers = [w for w in self._workers if w.id != wid]
             self.metrics.workers_gone.inc()
             log.warning(
@@ -244,9 +245,9 @@ class Dispatcher:
                 " %d sessions now",
                 self.id,
                 wid,
-                len(owned),
+                len(theirs),
             )
-            sessions.update((sid, (wid, token)) for sid, token in owned)
+            sessions.update((sid, (wid, token)) for sid, token in theirs)
         return sessions
 
     async def _failover(self, sid: str, dead: tuple[str, int] | None = None) -> None:

@@ -60,7 +60,10 @@ class _Stream:
             return found
         changed = self.changed
         try:
-            await asyncio.wait_for(changed.wait(), block_ms / 1000)
+            # Not ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that comes
+            # as the event is set (a crashed worker's reader then read on for a minute).
+            async with asyncio.timeout(block_ms / 1000):
+                await changed.wait()
         except TimeoutError:
             return []
         return self.after(after)
