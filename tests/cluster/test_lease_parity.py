@@ -1,7 +1,7 @@
 """The Lua scripts of the Redis store follow the lease rules of ``LeaseState``, step by step.
 
-Random sequences of acquire, renew, release, finish, claim (also naming a lease as
-dead) and fenced writes by
+Random sequences of acquire (and take: acquire and read), renew, release, finish,
+claim (also naming a lease as dead) and fenced writes by
 three workers, with TTLs and holds that are either "already over" (0) or
 "forever" (so no result depends on the exact clock), run on the pure rules
 and on a real Redis; every result must agree.
@@ -23,7 +23,9 @@ FOREVER = 10**9
 WORKERS = ("w1", "w2", "w3")
 
 op = st.tuples(
-    st.sampled_from(["acquire", "renew", "release", "finish", "claim", "claim_dead", "write"]),
+    st.sampled_from(
+        ["acquire", "take", "renew", "release", "finish", "claim", "claim_dead", "write"]
+    ),
     st.sampled_from(WORKERS),
     st.sampled_from([0, FOREVER]),
     st.integers(0, 3),  # which of the tokens seen so far (stale ones included)
@@ -58,6 +60,13 @@ async def _compare(url: str, ops: list[tuple[str, str, int, int, str]]) -> None:
                 if got is not None:
                     assert got.token == model.token
                     tokens.insert(0, got.token)
+            elif name == "take":  # (the acquire rule, with the reads after it)
+                want = model.acquire(worker, ttl, now)
+                taken = await store.take("s", worker, ttl, 10)
+                assert (taken is not None) == want, (name, worker, ttl)
+                if taken is not None:
+                    assert taken.lease.token == model.token
+                    tokens.insert(0, taken.lease.token)
             elif name == "renew":
                 want = model.renew(worker, token, ttl, now)
                 assert await store.renew([lease], ttl) == [want]

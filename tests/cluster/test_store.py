@@ -13,7 +13,7 @@ import msgspec
 import pytest
 from redis.crc import key_slot
 
-from rspp.cluster import Fenced, SessionRecord, SessionStore, WorkerInfo, keys
+from rspp.cluster import Fenced, Lease, SessionRecord, SessionStore, WorkerInfo, keys
 from rspp.cluster.store import StoreError
 
 Run = Callable[[Callable[[SessionStore], Any]], Any]
@@ -342,3 +342,42 @@ def test_a_presence_on_redis_is_made_again_after_the_server_restarts() -> None:
 
     with RedisServer() as server:
         asyncio.run(asyncio.wait_for(body(server), 30))
+
+
+def test_a_take_acquires_and_reads_what_a_new_owner_needs_in_one_step(with_store: Run) -> None:
+    async def body(store: SessionStore) -> None:
+        nothing = await store.take("s1", "w1", 10_000, 5)  # (granted; the worker finishes it)
+        assert nothing is not None and nothing.record is None
+        await store.create(SessionRecord(id="s2", pipeline="demo"), ttl_s=60)
+        first = await store.take("s2", "w1", 10_000, 5)
+        assert first is not None
+        assert first.record is not None and first.record.pipeline == "demo"
+        assert (first.checkpoint, first.tail) == (None, [])
+        await store.save(first.lease, b"cp", input_seq=0, output=[b"o1", b"o2", b"o3"])
+        assert await store.take("s2", "w2", 10_000, 5) is None  # held by w1
+        await store.release(first.lease)
+        again = await store.take("s2", "w2", 10_000, 2)
+        assert again is not None and again.lease == Lease("s2", "w2", 2)
+        assert (again.checkpoint, again.tail) == (b"cp", [b"o2", b"o3"])  # oldest first
+        assert (await store.take("s2", "w2", 10_000, 0)) is not None  # its own: again
+        assert await store.finish(Lease("s2", "w2", 3))
+        assert await store.take("s2", "w3", 10_000, 5) is None  # ended
+
+    with_store(body)
+
+
+def test_warming_a_store_opens_its_connections_ahead(with_store: Run) -> None:
+    """A dead worker's sessions are taken (and claimed) all at once: the connections for
+    that burst are opened at start, not each on its critical path."""
+
+    async def body(store: SessionStore) -> None:
+        from rspp.cluster.store import warm
+
+        redis = getattr(store, "redis", None)
+        before = len(await redis.client_list()) if redis is not None else 0
+        await warm(store, 6)
+        if redis is not None:
+            assert len(await redis.client_list()) >= before + 5  # (one may be the asker's)
+        await store.now_ms()  # and it works as before
+
+    with_store(body)

@@ -47,7 +47,7 @@ from rspp.cluster.compat import reads
 from rspp.cluster.metrics import DispatcherMetrics
 from rspp.cluster.placement import Placement
 from rspp.cluster.records import Request, Task, WorkerInfo
-from rspp.cluster.store import SessionStore, StoreError, StoreUnavailable
+from rspp.cluster.store import SessionStore, StoreError, StoreUnavailable, warm
 
 __all__ = ["Dispatcher", "DispatcherConfig", "MoveRefused", "request_move", "request_swap"]
 
@@ -108,6 +108,7 @@ class Dispatcher:
         return self.config.id
 
     async def run(self) -> None:
+        await warm(self.store, 32)  # (a dead worker's sessions are claimed all at once)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._serve())
             tg.create_task(self._scan())

@@ -17,7 +17,7 @@ import msgspec
 
 from rspp.cluster.lease import LeaseState
 from rspp.cluster.records import Lease, SessionRecord, WorkerInfo
-from rspp.cluster.store import Fenced, InputEntry
+from rspp.cluster.store import Fenced, InputEntry, Taken
 
 __all__ = ["MemoryStore"]
 
@@ -135,6 +135,13 @@ class MemoryStore:
             return None
         return Lease(sid, worker, lease.token)
 
+    async def take(self, sid: str, worker: str, ttl_ms: int, tail: int) -> Taken | None:
+        lease = await self.acquire(sid, worker, ttl_ms)
+        if lease is None:
+            return None
+        record, checkpoint = await self.record(sid), await self.load(sid)
+        return Taken(lease, record, checkpoint, await self.output_tail(sid, tail))
+
     async def renew(self, leases: Sequence[Lease], ttl_ms: int) -> list[bool]:
         now = self._now()
         return [
@@ -246,6 +253,8 @@ class MemoryStore:
         return [(str(n), value) for n, value in found]  # type: ignore[misc]
 
     async def output_tail(self, sid: str, count: int) -> list[bytes]:
+        if count <= 0:
+            return []
         return [value for _, value in self._session(sid).output.entries[-count:]]  # type: ignore[misc]
 
     # -- workers and dispatch ---------------------------------------------------------------

@@ -35,7 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rspp.cluster import keys
 from rspp.cluster.records import Lease, SessionRecord, WorkerInfo
-from rspp.cluster.store import Fenced, InputEntry, StoreError, StoreUnavailable
+from rspp.cluster.store import Fenced, InputEntry, StoreError, StoreUnavailable, Taken
 
 __all__ = ["RedisStore", "safe_url"]
 
@@ -55,25 +55,47 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: lease. ARGV: worker, ttl_ms, key_ttl_ms. -> {granted, token, expires}
-_ACQUIRE = (
+# The acquire rule (ARGV: worker, ttl_ms, key_ttl_ms), as ``got = {granted, token, expires}``.
+_ACQUIRING = (
     _NOW
     + """
-local h = redis.call('HMGET', KEYS[1], 'owner', 'token', 'exp', 'hto', 'huntil', 'ended')
-local owner = h[1] or ''
-local token = tonumber(h[2] or '0')
-local exp = tonumber(h[3] or '0')
-local hto = h[4] or ''
-local huntil = tonumber(h[5] or '0')
-if h[6] == '1' then return {0, token, 0} end
-if owner ~= '' and exp > now and owner ~= ARGV[1] then return {0, token, 0} end
-if owner == '' and hto ~= '' and hto ~= ARGV[1] and now < huntil then return {0, token, 0} end
-token = token + 1
-local expires = now + tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', token, 'exp', expires,
-  'hto', '', 'huntil', 0, 'cuntil', 0)
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {1, token, expires}
+local function acquire()
+  local h = redis.call('HMGET', KEYS[1], 'owner', 'token', 'exp', 'hto', 'huntil', 'ended')
+  local owner = h[1] or ''
+  local token = tonumber(h[2] or '0')
+  local exp = tonumber(h[3] or '0')
+  local hto = h[4] or ''
+  local huntil = tonumber(h[5] or '0')
+  if h[6] == '1' then return {0, token, 0} end
+  if owner ~= '' and exp > now and owner ~= ARGV[1] then return {0, token, 0} end
+  if owner == '' and hto ~= '' and hto ~= ARGV[1] and now < huntil then return {0, token, 0} end
+  token = token + 1
+  local expires = now + tonumber(ARGV[2])
+  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', token, 'exp', expires,
+    'hto', '', 'huntil', 0, 'cuntil', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return {1, token, expires}
+end
+local got = acquire()
+"""
+)
+
+# KEYS: lease. ARGV: worker, ttl_ms, key_ttl_ms. -> {granted, token, expires}
+_ACQUIRE = _ACQUIRING + "return got\n"
+
+# KEYS: lease, session, snap, out. ARGV: worker, ttl_ms, key_ttl_ms, tail count.
+# -> {granted, token, expires[, record (HGETALL), checkpoint or nil, tail (XREVRANGE)]}
+# What a new owner reads is read once the lease is its own, in the same step: no older
+# owner can write after it.
+_TAKE = (
+    _ACQUIRING
+    + """
+if got[1] == 0 then return got end
+local tail = {}
+if tonumber(ARGV[4]) > 0 then
+  tail = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', ARGV[4])
+end
+return {1, got[2], got[3], redis.call('HGETALL', KEYS[2]), redis.call('GET', KEYS[3]), tail}
 """
 )
 
@@ -219,6 +241,21 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _record(sid: str, raw: dict[Any, Any] | None) -> SessionRecord | None:
+    """A session's record from its hash (HGETALL), or None if it has none."""
+    if not raw:
+        return None
+    fields = {_text(k): _text(v) for k, v in raw.items()}
+    return SessionRecord(
+        id=fields.get("id", sid),
+        pipeline=fields.get("pipeline", ""),
+        state=fields.get("state", "pending"),
+        reason=fields.get("reason", ""),
+        worker=fields.get("worker", ""),
+        created_ms=int(fields.get("created_ms", "0") or 0),
+    )
+
+
 class RedisStore:
     """:class:`~rspp.cluster.store.SessionStore` on Redis (see the module docstring)."""
 
@@ -233,7 +270,14 @@ class RedisStore:
             "socket_connect_timeout": timeout_s,
             # Blocking reads wait at most a second; a silent socket beyond that is a dead one.
             "socket_timeout": timeout_s + 2.0,
-            "health_check_interval": 15,
+            # No PING before a command on a connection idle for a while (a round trip on
+            # the spare connections a burst of takes or claims picks up: when a worker
+            # dies); a dead one fails its command and the retry above makes it again, and
+            # keepalive finds one the network dropped silently.
+            "health_check_interval": 0,
+            "socket_keepalive": True,
+            # Nor CLIENT SETINFO on each new connection (a round trip, in a burst).
+            "driver_info": None,
             # Every session holds a connection in its blocking read (input on a worker,
             # output on a gateway) and briefly one or two more: redis-py's default pool of
             # 100 ran out at 50 calls (a gateway holding every call after another died, a
@@ -250,6 +294,7 @@ class RedisStore:
         self.redis: Any = aioredis.Redis.from_url(url, **options)
         r = self.redis
         self._acquire = r.register_script(_ACQUIRE)
+        self._take = r.register_script(_TAKE)
         self._renew = r.register_script(_RENEW)
         self._release = r.register_script(_RELEASE)
         self._finish = r.register_script(_FINISH)
@@ -298,18 +343,7 @@ class RedisStore:
         await self._call(write)
 
     async def record(self, sid: str) -> SessionRecord | None:
-        raw = await self._call(lambda: self.redis.hgetall(keys.session(sid)))
-        if not raw:
-            return None
-        fields = {_text(k): _text(v) for k, v in raw.items()}
-        return SessionRecord(
-            id=fields.get("id", sid),
-            pipeline=fields.get("pipeline", ""),
-            state=fields.get("state", "pending"),
-            reason=fields.get("reason", ""),
-            worker=fields.get("worker", ""),
-            created_ms=int(fields.get("created_ms", "0") or 0),
-        )
+        return _record(sid, await self._call(lambda: self.redis.hgetall(keys.session(sid))))
 
     async def update(self, sid: str, **fields: str) -> None:
         await self._call(lambda: self.redis.hset(keys.session(sid), mapping=fields))
@@ -317,21 +351,38 @@ class RedisStore:
     # -- leases -----------------------------------------------------------------------------
 
     async def acquire(self, sid: str, worker: str, ttl_ms: int) -> Lease | None:
+        (granted, token, *_), _ = await self._acquiring(self._acquire, sid, worker, ttl_ms)
+        return Lease(sid, worker, int(token)) if granted else None
+
+    async def take(self, sid: str, worker: str, ttl_ms: int, tail: int) -> Taken | None:
+        reply, _ = await self._acquiring(self._take, sid, worker, ttl_ms, tail)
+        if not reply[0]:
+            return None
+        _, token, _, record, checkpoint, found = reply
+        fields = dict(zip(record[::2], record[1::2], strict=True))
+        entries = [dict(zip(f[::2], f[1::2], strict=True))[b"o"] for _, f in reversed(found)]
+        return Taken(Lease(sid, worker, int(token)), _record(sid, fields), checkpoint, entries)
+
+    async def _acquiring(
+        self, script: Any, sid: str, worker: str, ttl_ms: int, *more: int
+    ) -> list[Any]:
+        """Run an acquiring script, and index the lease in the same round trip."""
+        names = [keys.lease(sid), keys.session(sid), keys.snapshot(sid), keys.output(sid)]
+
         async def run() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
-                await self._acquire(
-                    keys=[keys.lease(sid)], args=[worker, ttl_ms, SESSION_TTL_MS], client=pipe
+                await script(
+                    keys=names[: 4 if more else 1],
+                    args=[worker, ttl_ms, SESSION_TTL_MS, *more],
+                    client=pipe,
                 )
-                # In the index at once (one round trip: the expiry is the script's, so the
-                # entry is added as already due; the first renewal sets it; a scan meanwhile
-                # finds the lease held). A session never in the index is never failed over.
+                # In the index at once (the expiry is the script's, so the entry is added as
+                # already due; the first renewal sets it; a scan meanwhile finds the lease
+                # held). A session never in the index is never failed over.
                 pipe.zadd(keys.LEASES, {sid: 0}, nx=True)
                 return await pipe.execute()  # type: ignore[no-any-return]
 
-        (granted, token, _), _ = await self._call(run)
-        if not granted:
-            return None
-        return Lease(sid, worker, int(token))
+        return await self._call(run)
 
     async def renew(self, leases: Sequence[Lease], ttl_ms: int) -> list[bool]:
         if not leases:
@@ -651,6 +702,18 @@ class RedisStore:
     async def owned_by(self, worker: str) -> list[tuple[str, int]]:
         raw = await self._call(lambda: self.redis.hgetall(keys.owned(worker)))
         return [(_text(sid), int(token)) for sid, token in raw.items()]
+
+    async def warm(self, connections: int) -> None:
+        """Open ``connections`` connections now, so that a burst later (a dead worker's
+        sessions taken or claimed all at once) does not connect each on its critical path."""
+        pool = self.redis.connection_pool
+        opened = []  # (what was opened so far goes back to the pool, whatever happens)
+        try:
+            for _ in range(connections):  # (each connected as it is taken)
+                opened.append(await self._call(pool.get_connection))  # noqa: PERF401
+        finally:
+            for one in opened:
+                await pool.release(one)
 
     def fork(self) -> RedisStore:
         """Another client of the same store (its own connections: for another event loop)."""

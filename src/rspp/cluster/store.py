@@ -16,13 +16,16 @@ owner exists. A store that cannot be reached raises :class:`StoreUnavailable`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from rspp.cluster.records import Lease, SessionRecord, WorkerInfo
 from rspp.kernel import RsppError
 
-__all__ = ["Fenced", "SessionStore", "StoreError", "StoreUnavailable"]
+__all__ = ["Fenced", "SessionStore", "StoreError", "StoreUnavailable", "Taken", "warm"]
+
+log = logging.getLogger("rspp.cluster")
 
 #: An input log entry: an event (MessagePack ABI bytes) or a close (its reason).
 InputEntry = tuple[int, bytes | None, str | None]
@@ -38,6 +41,16 @@ class Fenced(StoreError):
 
 class StoreUnavailable(StoreError):
     """The store cannot be reached (or timed out); the operation may be retried."""
+
+
+class Taken(NamedTuple):
+    """What :meth:`SessionStore.take` read once the lease was granted."""
+
+    lease: Lease
+    record: SessionRecord | None
+    checkpoint: bytes | None
+    #: The newest output entries, oldest first.
+    tail: list[bytes]
 
 
 class SessionStore(Protocol):
@@ -65,6 +78,12 @@ class SessionStore(Protocol):
 
     async def acquire(self, sid: str, worker: str, ttl_ms: int) -> Lease | None:
         """Own ``sid`` (token raised) or None if someone else holds it or it ended."""
+        ...
+
+    async def take(self, sid: str, worker: str, ttl_ms: int, tail: int) -> Taken | None:
+        """:meth:`acquire`, and once granted, in the same step, what a new owner reads:
+        the record, the last checkpoint and the newest ``tail`` output entries (one round
+        trip on a worker that may be taking a dead one's sessions all at once)."""
         ...
 
     async def renew(self, leases: Sequence[Lease], ttl_ms: int) -> list[bool]:
@@ -188,3 +207,16 @@ class SessionStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+async def warm(store: SessionStore, connections: int) -> None:
+    """Open ``connections`` to the store now, where it keeps a pool (Redis): a burst later
+    -- a dead worker's sessions taken or claimed all at once -- then connects none of them
+    on its critical path. Best effort: a store that is away now is not an error here."""
+    warming = getattr(store, "warm", None)
+    if warming is None:
+        return
+    try:
+        await warming(connections)
+    except StoreError as exc:
+        log.warning("could not open connections to the store ahead: %s", exc)

@@ -40,7 +40,7 @@ from rspp.cluster.metrics import WorkerMetrics
 from rspp.cluster.owned import OwnedSession, delivered_since
 from rspp.cluster.records import Checkpoint, Lease, Request, Task, WorkerInfo
 from rspp.cluster.renewer import Renewer
-from rspp.cluster.store import SessionStore, StoreError, StoreUnavailable
+from rspp.cluster.store import SessionStore, StoreError, StoreUnavailable, warm
 from rspp.kernel import BuildError, Pipeline, PipelineSpec, build
 
 __all__ = ["Worker", "WorkerConfig"]
@@ -128,6 +128,7 @@ class Worker:
 
             for pipeline in self.pipelines.values():
                 await preload(pipeline)
+        await warm(self.store, min(self.config.capacity, 32))  # (for a burst of takes)
         self.ready = True
         renewer = self._renewer = self._threaded_renewer()
         try:
@@ -328,20 +329,16 @@ class Worker:
             return
         store = self.store
         try:
-            # Two round trips, not four: the record beside the lease, then the checkpoint
-            # (read only once the lease is ours: no older owner writes after that) beside
-            # the output's tail.
-            record, lease = await asyncio.gather(
-                store.record(sid), store.acquire(sid, self.id, self.config.lease_ttl_ms)
-            )
-            if lease is None:
+            # One round trip: the lease, and once it is ours (no older owner writes after
+            # that), the record, the checkpoint and the output's tail.
+            taken = await store.take(sid, self.id, self.config.lease_ttl_ms, 300)
+            loaded = time.perf_counter_ns()
+            if taken is None:
                 return  # another worker has it (two placements raced; one wins)
+            lease, record, raw, tail = taken
             if record is None or record.state in ("ended", "refused"):
                 await store.finish(lease)  # over (or never was): nobody is to own it
                 return
-            leased = time.perf_counter_ns()
-            raw, tail = await asyncio.gather(store.load(sid), store.output_tail(sid, 300))
-            loaded = time.perf_counter_ns()
         except StoreUnavailable as exc:
             self.store_trouble(exc)
             return
@@ -357,7 +354,7 @@ class Worker:
         if checkpoint is not None and why != "swap":
             delivered = delivered_since(checkpoint, tail)
         owned = OwnedSession(self, lease, pipeline, checkpoint, why, asked, delivered)
-        owned.steps.update(leased=leased, loaded=loaded)
+        owned.steps["taken"] = loaded
         self.sessions[sid] = owned
         self.metrics.active.set(len(self.sessions))
         assert self._group is not None
@@ -416,7 +413,8 @@ class Worker:
         self.metrics.takeovers.labels(owned.why).inc()
         self.metrics.takeover_ms.labels(owned.why).observe(ms)
         # Where the time went: each step's end since the one before (ms), from the take's
-        # start -- the lease, the checkpoint, the session built, started, its first output.
+        # start -- the store's (lease and checkpoint), the session built, started, its first
+        # output.
         ends = [owned._asked_ns, *owned.steps.values(), time.perf_counter_ns()]
         split = "/".join(f"{(b - a) / 1e6:.0f}" for a, b in itertools.pairwise(ends))
         log.info(
