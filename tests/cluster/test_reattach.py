@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
-from rspp.cluster import MemoryStore
+import msgspec
+
+from rspp.cluster import MemoryStore, SessionRecord
 from rspp.cluster.gateway import ClusterHost, ClusterPort
 from rspp.cluster.records import OutputEntry
 from rspp.demo import demo_pipeline
-from rspp.events import AudioOut, Event, LlmDelta, TurnDone
+from rspp.events import AudioOut, Event, LlmDelta, MsgpackCodec, TurnDone
+
+_CODEC = MsgpackCodec()
+_WRITE = msgspec.msgpack.Encoder()
 
 
 def _items(
@@ -48,5 +53,58 @@ def test_the_cut_covers_text_received_after_the_last_audio_frame() -> None:
         ]
         kept = port._after_resume_point(_items([frame, *text, *again]))
         assert [ev for _, ev in kept] == again
+
+    asyncio.run(body())
+
+
+class SlowReads(MemoryStore):
+    """Fake store (around the gateway under test): each output read takes 30 ms, longer
+    than a reply's audio frames come (every 10 ms here), as on a loaded machine."""
+
+    async def read_output(self, sid: str, after: str, block_ms: int) -> list[tuple[str, bytes]]:
+        await asyncio.sleep(0.03)
+        return await super().read_output(sid, after, block_ms)
+
+
+def test_a_reattached_call_hears_the_reply_while_it_is_still_being_written() -> None:
+    """The backlog is read up to where it ended, not until a read finds nothing new: that
+    held a call silent, after its gateway died, until the bot's reply ended."""
+
+    async def body() -> None:
+        store = SlowReads()
+        spec = demo_pipeline().spec
+        await store.create(SessionRecord(id="s", pipeline="demo", state="running"), ttl_s=60)
+        lease = await store.acquire("s", "w1", ttl_ms=60_000)
+        assert lease is not None
+        pos = 0
+
+        async def write(n: int) -> None:
+            nonlocal pos
+            entries = []
+            for _ in range(n):
+                pos += 1
+                frame = AudioOut(pcm=bytes(640), turn=2, inc=1, pos=pos, seq=pos)
+                entries.append(_WRITE.encode(OutputEntry(1, 2, pos, _CODEC.encode(frame))))
+            await store.append_output(lease, entries)
+
+        await write(1500)  # more than a page of backlog: the client has heard 1400 frames
+        host = ClusterHost(store, {"demo": spec})
+        heard: list[tuple[float, Event]] = []
+        loop = asyncio.get_running_loop()
+        async with host.running():
+            port = await host.reattach("s", last_pos=(1, 1400))
+            assert port is not None
+            port.listen(lambda ev: heard.append((loop.time(), ev)))
+            began = loop.time()
+            for _ in range(300):  # the reply goes on for 3 s
+                await write(1)
+                await asyncio.sleep(0.01)
+            writing_ended = loop.time()
+            await asyncio.sleep(0.3)
+            await port.close()
+        frames = [(t, ev) for t, ev in heard if isinstance(ev, AudioOut)]
+        assert frames and frames[0][1].pos == 1401  # nothing it had heard
+        assert frames[0][0] - began < 1.0, "silent until the reply's writing ended"
+        assert frames[0][0] < writing_ended - 1.0
 
     asyncio.run(body())

@@ -29,7 +29,7 @@ import msgspec
 from rspp.cluster.metrics import GatewayMetrics
 from rspp.cluster.records import OutputEntry, Request, SessionRecord
 from rspp.cluster.stamps import OutputFilter
-from rspp.cluster.store import SessionStore, StoreError, StoreUnavailable
+from rspp.cluster.store import READ_PAGE, SessionStore, StoreError, StoreUnavailable
 from rspp.events import DecodeError, Event, MsgpackCodec, PlaybackPosition
 from rspp.kernel import PipelineSpec, SessionClosed
 from rspp.transports.port import HostFull, OutputBuffer, lead_of
@@ -190,12 +190,14 @@ class ClusterPort:
                 continue
             if first:
                 # The whole backlog first (a reattached call's may be thousands of entries):
-                # the client's resume point is cut in all of it, not in the first read.
-                while found:
-                    more = await self._backlog(found[-1][0])
-                    if not more:
-                        break
-                    found += more
+                # the client's resume point is cut in all of it, not in the first read. Up
+                # to the end it had then: not "until a read finds nothing new", which, with
+                # a reply's audio appended every 20 ms and reads slower than that (a loaded
+                # machine), held the call silent until the reply ended.
+                page = found
+                while len(page) >= READ_PAGE:
+                    page = await self._backlog(found[-1][0])
+                    found += page
             if not found:
                 first = False
                 continue

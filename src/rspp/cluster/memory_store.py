@@ -17,7 +17,7 @@ import msgspec
 
 from rspp.cluster.lease import LeaseState
 from rspp.cluster.records import Lease, SessionRecord, WorkerInfo
-from rspp.cluster.store import Fenced, InputEntry, Taken
+from rspp.cluster.store import READ_PAGE, Fenced, InputEntry, Taken
 
 __all__ = ["MemoryStore"]
 
@@ -233,7 +233,7 @@ class MemoryStore:
 
     async def read_input(self, sid: str, after: int, block_ms: int) -> list[InputEntry]:
         found = await self._session(sid).input.read(after, block_ms)
-        return [(n, *value) for n, value in found]  # type: ignore[misc]
+        return [(n, *value) for n, value in found[:READ_PAGE]]  # type: ignore[misc]
 
     # -- the output path --------------------------------------------------------------------
 
@@ -250,7 +250,7 @@ class MemoryStore:
         out = self._session(sid).output
         start = out.last if after == "$" else int(after)
         found = await out.read(start, block_ms)
-        return [(str(n), value) for n, value in found]  # type: ignore[misc]
+        return [(str(n), value) for n, value in found[:READ_PAGE]]  # type: ignore[misc]
 
     async def output_tail(self, sid: str, count: int) -> list[bytes]:
         if count <= 0:

@@ -35,7 +35,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rspp.cluster import keys
 from rspp.cluster.records import Lease, SessionRecord, WorkerInfo
-from rspp.cluster.store import Fenced, InputEntry, StoreError, StoreUnavailable, Taken
+from rspp.cluster.store import (
+    READ_PAGE,
+    Fenced,
+    InputEntry,
+    StoreError,
+    StoreUnavailable,
+    Taken,
+)
 
 __all__ = ["RedisStore", "safe_url"]
 
@@ -538,7 +545,7 @@ class RedisStore:
         )
 
     async def read_input(self, sid: str, after: int, block_ms: int) -> list[InputEntry]:
-        found = await self._xread(keys.input_log(sid), _entry_id(after), 1000, block_ms)
+        found = await self._xread(keys.input_log(sid), _entry_id(after), READ_PAGE, block_ms)
         entries: list[InputEntry] = []
         for _, items in found or ():
             for entry_id, fields in items:
@@ -561,7 +568,7 @@ class RedisStore:
             raise Fenced(f"session {sid}: token {lease.token} is not the owner's")
 
     async def read_output(self, sid: str, after: str, block_ms: int) -> list[tuple[str, bytes]]:
-        return _items(await self._xread(keys.output(sid), after, 1000, block_ms), b"o")
+        return _items(await self._xread(keys.output(sid), after, READ_PAGE, block_ms), b"o")
 
     async def output_tail(self, sid: str, count: int) -> list[bytes]:
         found = await self._call(lambda: self.redis.xrevrange(keys.output(sid), count=count))

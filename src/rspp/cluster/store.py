@@ -27,6 +27,9 @@ __all__ = ["Fenced", "SessionStore", "StoreError", "StoreUnavailable", "Taken", 
 
 log = logging.getLogger("rspp.cluster")
 
+#: The most entries one read of the input log or the output returns.
+READ_PAGE = 1000
+
 #: An input log entry: an event (MessagePack ABI bytes) or a close (its reason).
 InputEntry = tuple[int, bytes | None, str | None]
 
@@ -161,7 +164,8 @@ class SessionStore(Protocol):
         ...
 
     async def read_input(self, sid: str, after: int, block_ms: int) -> list[InputEntry]:
-        """Entries numbered above ``after`` (waiting up to ``block_ms`` for the first)."""
+        """Entries numbered above ``after`` (waiting up to ``block_ms`` for the first; at
+        most :data:`READ_PAGE`)."""
         ...
 
     # -- the output path (worker -> gateway) ------------------------------------------------
@@ -171,7 +175,8 @@ class SessionStore(Protocol):
         ...
 
     async def read_output(self, sid: str, after: str, block_ms: int) -> list[tuple[str, bytes]]:
-        """Output entries after id ``after`` ("0": from the oldest kept; "$": new ones)."""
+        """Output entries after id ``after`` ("0": from the oldest kept; "$": new ones; at
+        most :data:`READ_PAGE`)."""
         ...
 
     async def output_tail(self, sid: str, count: int) -> list[bytes]:
