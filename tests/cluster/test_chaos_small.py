@@ -15,9 +15,10 @@ its calls has more than 1000 output entries in the store (more than one read of 
 output stream), as the gateway of a long call would; a reattach that resends old
 output shows here. It dies while its calls' bot speaks, 2.5 to 6 s into a reply: with
 the caller silent (a line said while the client has no connection reaches the server
-late) and the reply's text all arrived (text events carry no position on the wire,
-so text that came after the client's last audio frame is sent to it again by the
-gateway that takes the call over -- a case this test leaves out).
+late) and the reply's text all arrived. (Text that came after the client's last audio
+frame is judged by the client's ``last_seq``, which now names each text's writer: the
+gateway stamps it. That case, and a new owner's text arriving before its audio, are
+tested in ``test_reattach.py``.)
 """
 
 from __future__ import annotations

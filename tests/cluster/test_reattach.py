@@ -35,7 +35,7 @@ def test_the_cut_covers_text_received_after_the_last_audio_frame() -> None:
         spec = demo_pipeline().spec
         host = ClusterHost(MemoryStore(), {"demo": spec})
         frame = AudioOut(pcm=bytes(640), turn=2, inc=1, pos=7, seq=40)
-        # Text carries no inc on the wire; the stream knows its writer's token.
+        # Text carries no inc from the kernel; the stream knows its writer's token.
         text = [LlmDelta(text=w, turn=3, seq=41 + n) for n, w in enumerate(["a", "b"])]
         later = LlmDelta(text="c", turn=3, seq=43)
         done = TurnDone(turn=3, inc=1, pos=8, seq=44)
@@ -106,5 +106,64 @@ def test_a_reattached_call_hears_the_reply_while_it_is_still_being_written() -> 
         assert frames and frames[0][1].pos == 1401  # nothing it had heard
         assert frames[0][0] - began < 1.0, "silent until the reply's writing ended"
         assert frames[0][0] < writing_ended - 1.0
+
+    asyncio.run(body())
+
+
+def test_text_reaches_the_client_with_its_writer_s_incarnation_and_is_not_resent() -> None:
+    """After a move, the new owner's text can come before its audio: the client must not
+    take it for the old owner's (it did, from the last audio frame's ``inc``), or its
+    ``last_seq`` is too low and a gateway taking the call up sends that text again."""
+
+    async def body() -> None:
+        store = MemoryStore()
+        spec = demo_pipeline().spec
+        await store.create(SessionRecord(id="s", pipeline="demo", state="running"), ttl_s=60)
+        old = await store.acquire("s", "w1", ttl_ms=60_000)
+        assert old is not None
+
+        def entry(token: int, index: int, event: Event) -> bytes:
+            return _WRITE.encode(OutputEntry(token, event.turn, index, _CODEC.encode(event)))
+
+        await store.append_output(
+            old,
+            [
+                entry(1, 1, AudioOut(pcm=bytes(640), turn=2, inc=1, pos=100, seq=49)),
+                entry(1, 1, LlmDelta(text="a", turn=2, seq=50)),
+                entry(1, 2, LlmDelta(text="b", turn=2, seq=51)),
+            ],
+        )
+        await store.release(old, to="w2")
+        new = await store.acquire("s", "w2", ttl_ms=60_000)
+        assert new is not None and new.token == 2
+        await store.append_output(new, [entry(2, 3, LlmDelta(text="c", turn=2, seq=52))])
+
+        host = ClusterHost(store, {"demo": spec})
+        async with host.running():
+            first = await host.reattach("s", last_pos=(1, 99))
+            assert first is not None
+            got: list[Event] = []
+            first.listen(got.append)
+            await asyncio.sleep(0.2)
+            # Each event names its writer: the client's last_seq is (2, 52), not (1, 52).
+            assert [(e.kind, e.inc) for e in got] == [
+                ("audio.out", 1),
+                ("llm.delta", 1),
+                ("llm.delta", 1),
+                ("llm.delta", 2),
+            ]
+            await first.close()
+            again = await host.reattach("s", last_pos=(1, 100), last_seq=(2, 52))
+            assert again is not None
+            resent: list[Event] = []
+            again.listen(resent.append)
+            await asyncio.sleep(0.2)
+            assert resent == []  # it had all of it
+            await store.append_output(new, [entry(2, 4, LlmDelta(text="d", turn=2, seq=53))])
+            await asyncio.sleep(0.2)
+            assert [(e.kind, e.inc, getattr(e, "text", "")) for e in resent] == [
+                ("llm.delta", 2, "d")
+            ]
+            await again.close()
 
     asyncio.run(body())

@@ -206,9 +206,17 @@ class ClusterPort:
             for _, raw in found:
                 try:
                     entry = _ENTRY.decode(raw)
-                    items.append((entry, _CODEC.decode(entry.event)))
+                    event = _CODEC.decode(entry.event)
                 except (msgspec.DecodeError, DecodeError) as exc:
                     log.warning("session %s: undecodable output dropped: %s", self._sid, exc)
+                    continue
+                if not event.inc:
+                    # Text and turn events carry no incarnation from the kernel; the client
+                    # needs its writer's to say what it last had (``last_seq``). Guessed
+                    # from the last audio frame, a new owner's text that came before its
+                    # audio was taken for the old one's, and resent after a reattach.
+                    event.inc = entry.token
+                items.append((entry, event))
             if first and self._resume_after is not None:
                 items = self._after_resume_point(items)
             first = False

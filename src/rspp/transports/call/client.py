@@ -553,8 +553,8 @@ class CallClient:
         if message.pos and not self._new(message.inc, message.pos):
             return []
         if message.seq:
-            # Text has no incarnation on the wire (``inc`` marks positioned events): it is
-            # the current owner's, the one of the last positioned event received.
+            # Text's incarnation: its writer's where the server says (a cluster gateway
+            # stamps it), else the current owner's, the one of the last positioned event.
             inc = message.inc or (self.last_pos[0] if self.last_pos else 0)
             if self.last_seq is None or (inc, message.seq) > self.last_seq:
                 self.last_seq = (inc, message.seq)

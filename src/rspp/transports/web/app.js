@@ -361,9 +361,11 @@ class Call {
       return;
     }
     const kind = msg.kind;
-    if ((msg.inc || msg.pos) && !this.advance(msg.inc || 0, msg.pos || 0)) return;
+    // Only positioned events are deduplicated: text may carry its writer's inc without a pos.
+    if (msg.pos && !this.advance(msg.inc || 0, msg.pos)) return;
     if (msg.seq) {
-      // Text has no incarnation on the wire: it is the one of the last positioned event.
+      // Text's incarnation: its writer's where the server says (a cluster gateway does),
+      // else the one of the last positioned event.
       const inc = msg.inc || (page.lastPos ? page.lastPos[0] : 0);
       const last = page.lastSeq;
       if (!last || inc > last[0] || (inc === last[0] && msg.seq > last[1])) {
