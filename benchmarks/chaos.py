@@ -175,6 +175,10 @@ class Scenario:
     #: The first fault strikes this long after the first call started; then one per spacing.
     first_fault_s: float = 9.0
     spacing_s: float = 6.0
+    #: And at least this long after the one before was struck (a fault that waited for
+    #: its moment -- the move waits for calls early in a reply -- does not run into the
+    #: next: each pause is one fault's).
+    min_gap_s: float = 3.0
     kinds: tuple[str, ...] = KINDS
     #: How long the SIGSTOP lasts (longer than the 600 ms lease TTL).
     stop_s: float = 2.0
@@ -638,9 +642,12 @@ class Chaos:
 
     async def schedule(self, tg: asyncio.TaskGroup) -> None:
         """Strike each kind at its time (later if the one before is not done yet)."""
+        loop = asyncio.get_running_loop()
+        struck = -1e9
         for n, kind in enumerate(self.sc.kinds):
             due = self.t0 + self.sc.first_fault_s + n * self.sc.spacing_s
-            await asyncio.sleep(max(0.0, due - asyncio.get_running_loop().time()))
+            due = max(due, struck + self.sc.min_gap_s)
+            await asyncio.sleep(max(0.0, due - loop.time()))
             if self.calls_done.is_set():
                 self.say(f"no calls left for {kind}: not struck")
                 continue
@@ -654,6 +661,7 @@ class Chaos:
                 if self.faults and self.faults[-1].kind == kind:
                     self.faults[-1].ok = False
                     self.faults[-1].note += f" failed: {exc!r}"
+            struck = loop.time()
 
     async def decompose(self) -> None:
         """Split each takeover in the store's own times: until the new owner's first write,
@@ -1353,7 +1361,7 @@ def main(argv: list[str] | None = None) -> int:
         grace_s=args.grace_s,
     )
     if args.lifecycle:
-        sc = dataclasses.replace(sc, kinds=LIFECYCLE, spacing_s=1.0)
+        sc = dataclasses.replace(sc, kinds=LIFECYCLE, spacing_s=1.0, min_gap_s=0.0)
 
     started = time.monotonic()
     with chaos_cluster(sc, args.log_dir) as cluster:

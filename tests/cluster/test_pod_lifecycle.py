@@ -32,6 +32,7 @@ SCENARIO = chaos.Scenario(
     stagger_s=1.0,
     first_fault_s=5.0,
     spacing_s=1.0,
+    min_gap_s=0.0,  # (each step waits for the one before: a rolling update)
     kinds=chaos.LIFECYCLE,
     grace_s=12.0,
     drain_margin_s=4.0,  # drain deadline 8 s: mid-reply calls go by snapshot after 4 s
