@@ -25,12 +25,11 @@ from .inprocess import TOKEN, Cluster, cluster
 
 FMT = AudioFormat(sample_rate=16000)
 HELLO = DemoLine("Hello there, how are you?", "Fine, thanks, and you?")
-#: Long enough for a fault to land well inside it (about 7 s of speech), short enough
-#: for the suite: every test here plays it in real time.
 LONG = DemoLine(
     "Tell me about the weather.",
-    "Tomorrow it will be mild and mostly cloudy, around fourteen degrees, with light "
-    "rain late in the afternoon, so take an umbrella when you go out.",
+    "Tomorrow it will be mild and mostly cloudy, around fourteen degrees, with a chance "
+    "of light rain in the late afternoon, so take an umbrella with you when you go out. "
+    "The weekend looks sunny and warmer, close to twenty degrees on Sunday.",
 )
 BYE = DemoLine("Thanks, goodbye.", "Goodbye!")
 SCRIPT = [HELLO, LONG, BYE]
@@ -303,3 +302,33 @@ def test_a_call_placed_on_a_worker_that_died_before_taking_it_is_placed_again() 
 async def _connect_and_say_who(c: Cluster) -> str:
     async with Call.connect(c.url, token=TOKEN, input=FMT, output=FMT) as call:
         return c.owner_of(call.session).id
+
+
+@pytest.mark.xfail(
+    reason="known defect: a session restored while a speculation is held decides the "
+    "replaced speculation as a reply (a public turn.interrupted), so the caller takes it "
+    "for the reply and speaks on over the real one",
+    strict=False,  # (the window is timing-dependent: some runs land outside it)
+)
+def test_a_move_while_a_speculation_is_held_loses_no_reply() -> None:
+    """Moved 800 ms after the caller's line ends: the turn has started, a speculation on
+    the partial is held, the final is pending in the ASR. Every line must still be
+    answered, once, whole."""
+    script = [HELLO, BYE]
+
+    async def body() -> None:
+        async with (
+            cluster(MemoryStore(), script, workers=2) as c,
+            Call.connect(c.url, token=TOKEN, input=FMT, output=FMT) as call,
+        ):
+            caller = asyncio.create_task(
+                Caller(call, [line(d, n) for n, d in enumerate(script)]).play()
+            )
+            await asyncio.sleep(0.9 + 0.8)  # the line (0.9 s), then 0.8 s
+            owner = c.owner_of(call.session)
+            other = next(w for w in c.workers if w != owner.id)
+            await request_move(c.store, call.session, other)
+            await caller
+            replies_heard_once(call, script)
+
+    run(body)
