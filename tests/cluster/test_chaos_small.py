@@ -40,11 +40,6 @@ SCENARIO = chaos.Scenario(
     stagger_s=1.0,
     first_fault_s=6.0,
     spacing_s=4.0,
-    # The schedule this scenario was built on. With the benchmark's 3 s gap, the SIGSTOP or
-    # the move lands, in some runs, while a speculation is held (after the caller's line,
-    # before the reply's audio), and the reply is lost: a known defect, reproduced in
-    # test_cluster_calls.py::test_a_move_while_a_speculation_is_held_loses_no_reply (xfail).
-    min_gap_s=0.0,
     kinds=("sigkill", "sigterm", "sigstop", "move", "redis", "gateway"),
     moves=1,
     replace_after_s=1.0,

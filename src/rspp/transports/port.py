@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from rspp.events import Event, Metrics, PlaybackPosition
+from rspp.events import Event, LlmDelta, Metrics, PlaybackPosition, TurnSpeculate
 from rspp.kernel import (
     Overloaded,
     Pipeline,
@@ -171,6 +171,26 @@ class Visibility:
     def __init__(self) -> None:
         self._speculating: set[int] = set()
         self._held: dict[int, list[Event]] = {}
+
+    def resume(self, snapshot: SessionSnapshot) -> None:
+        """Take up a session restored from ``snapshot``: a speculation it holds is held here
+        too. (This is the port's own state, in no snapshot: a session moved while a
+        speculation was held showed its discarded ``turn.interrupted`` to the caller, who
+        took it for the reply and spoke on over the real one.)"""
+        turns = snapshot.turns
+        if turns.state != "speculating" or not turns.active:
+            return
+        turn = turns.active
+        held: list[Event] = []
+        asked = snapshot.conversation.tentative
+        if asked is not None and asked.turn == turn:
+            held.append(TurnSpeculate(session=snapshot.session, turn=turn, text=asked.text))
+        reply = snapshot.conversation.reply
+        if reply is not None and reply.turn == turn and reply.text:
+            # The text it had produced so far, held by the port it was moved from.
+            held.append(LlmDelta(session=snapshot.session, turn=turn, text=reply.text))
+        self._speculating.add(turn)
+        self._held[turn] = held
 
     def __call__(self, event: Event) -> list[Event]:
         kind = event.kind
@@ -436,6 +456,8 @@ def local_port(
         swap=swap,
     )
     port.attach(session)
+    if snapshot is not None:
+        port._visible.resume(snapshot)
     return port
 
 
