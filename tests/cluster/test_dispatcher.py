@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 
 import msgspec
 
 from rspp.cluster import MemoryStore, SessionRecord, WorkerInfo
 from rspp.cluster.dispatcher import Dispatcher, DispatcherConfig
 from rspp.cluster.records import Task
+from rspp.cluster.store import StoreError
 
 TTL_MS = 3000
 #: When the ghost dies: past the dispatcher's start-up grace (a lease TTL and two renewals).
@@ -36,9 +38,17 @@ async def told_to_take(store: MemoryStore, worker: str, within_s: float) -> bool
     return False
 
 
-async def scene(*, present: bool, dies: bool) -> float:
+class NoPresence(MemoryStore):
+    """Fake store (around the dispatcher under test): one that cannot tell presence, as
+    a Redis older than 7.0 (no sharded pub/sub) answers."""
+
+    async def present(self, workers: Sequence[str]) -> list[bool]:
+        raise StoreError("ERR unknown subcommand 'SHARDNUMSUB'")
+
+
+async def scene(*, present: bool, dies: bool, store: MemoryStore | None = None) -> float:
     """``ghost`` owns s1 (never renewed); ``w2`` has room. Seconds until w2 is told to take s1."""
-    store = MemoryStore()
+    store = store or MemoryStore()
     await store.create(SessionRecord(id="s1", pipeline="demo", state="running"), ttl_s=60)
     lease = await store.acquire("s1", "ghost", ttl_ms=TTL_MS)
     assert lease is not None
@@ -82,4 +92,10 @@ def test_a_present_worker_that_stops_renewing_keeps_its_session_until_the_ttl() 
 
 def test_a_worker_never_seen_present_is_judged_by_its_ttl_alone() -> None:
     took = asyncio.run(scene(present=False, dies=True))
+    assert took >= TTL_MS / 1000, f"taken after {took:.2f} s: before its TTL"
+
+
+def test_a_store_that_cannot_tell_presence_leaves_failover_to_the_ttl() -> None:
+    """Not a crash of the dispatcher: it says so once and goes on by lease TTL."""
+    took = asyncio.run(scene(present=True, dies=True, store=NoPresence()))
     assert took >= TTL_MS / 1000, f"taken after {took:.2f} s: before its TTL"

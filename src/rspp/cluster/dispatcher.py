@@ -102,6 +102,8 @@ class Dispatcher:
         #: Presence: the workers seen present (and not gone since), and the gone ones.
         self._seen: set[str] = set()
         self._dead: set[str] = set()
+        #: False once the store said it cannot tell presence (then the TTL alone decides).
+        self._presence = True
 
     @property
     def id(self) -> str:
@@ -215,10 +217,22 @@ class Dispatcher:
     async def _absentees(self) -> list[str]:
         """Workers this dispatcher has seen present and that are not now."""
         ids = sorted({w.id for w in await self.workers()} | self._seen)
-        if not ids:
+        if not ids or not self._presence:
+            return []
+        try:
+            here = await self.store.present(ids)
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:  # (a server without sharded pub/sub: Redis < 7)
+            log.warning(
+                "dispatcher %s: the store cannot tell presence (%s): failover by lease TTL only",
+                self.id,
+                exc,
+            )
+            self._presence = False
             return []
         absent: list[str] = []
-        for wid, present in zip(ids, await self.store.present(ids), strict=True):
+        for wid, present in zip(ids, here, strict=True):
             if present:
                 self._seen.add(wid)
                 self._dead.discard(wid)  # (back: it was not dead, or it is another one now)
@@ -242,8 +256,8 @@ class Dispatcher:
             self._workers = [w for w in self._workers if w.id != wid]
             self.metrics.workers_gone.inc()
             log.warning(
-                "dispatcher %s: worker %s is gone (its presence ended): failing over its"
-                " %d sessions now",
+                "dispatcher %s: worker %s is gone (its presence ended): failing over what"
+                " it still owned of its %d sessions at its last renewal",
                 self.id,
                 wid,
                 len(theirs),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -45,6 +46,8 @@ from rspp.cluster.store import (
 )
 
 __all__ = ["RedisStore", "safe_url"]
+
+log = logging.getLogger("rspp.cluster.store")
 
 T = TypeVar("T")
 
@@ -695,7 +698,10 @@ class RedisStore:
                 await pubsub.ssubscribe(channel)
                 while True:  # (reading is how a dropped connection shows)
                     await pubsub.get_message(timeout=1.0)
-            except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError):
+            except ResponseError as exc:  # (no sharded pub/sub: Redis < 7)
+                log.warning("redis at %s cannot hold a presence (%s): TTL only", self.url, exc)
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError):
                 await asyncio.sleep(0.05)
             finally:
                 with contextlib.suppress(Exception):  # (a dead connection: nothing to close)
