@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -231,6 +232,16 @@ return now
 )
 
 
+#: TCP keepalive that notices a silently dead connection in about 10 s, not the OS's 2 h
+#: (no PING before commands: see ``health_check_interval`` below). Linux names; others
+#: keep the OS defaults.
+_KEEPALIVE = {
+    getattr(socket, name): value
+    for name, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3))
+    if hasattr(socket, name)
+}
+
+
 def safe_url(url: str) -> str:
     """``url`` without its credentials (for logs)."""
     parts = urlsplit(url)
@@ -296,6 +307,7 @@ class RedisStore:
             # keepalive finds one the network dropped silently.
             "health_check_interval": 0,
             "socket_keepalive": True,
+            "socket_keepalive_options": _KEEPALIVE,
             # Nor CLIENT SETINFO on each new connection (a round trip, in a burst).
             "driver_info": None,
             # Every session holds a connection in its blocking read (input on a worker,
