@@ -6,7 +6,7 @@ import asyncio
 
 import msgspec
 
-from rspp.cluster import MemoryStore, SessionRecord
+from rspp.cluster import Lease, MemoryStore, SessionRecord
 from rspp.cluster.gateway import ClusterHost, ClusterPort
 from rspp.cluster.records import OutputEntry
 from rspp.demo import demo_pipeline
@@ -14,6 +14,19 @@ from rspp.events import AudioOut, Event, LlmDelta, MsgpackCodec, TurnDone
 
 _CODEC = MsgpackCodec()
 _WRITE = msgspec.msgpack.Encoder()
+
+
+def _entry(token: int, index: int, event: Event) -> bytes:
+    """An output entry as a worker writes it."""
+    return _WRITE.encode(OutputEntry(token, event.turn, index, _CODEC.encode(event)))
+
+
+async def _owned_by_w1(store: MemoryStore) -> Lease:
+    """A running session ``s`` of the demo pipeline, its lease held by w1."""
+    await store.create(SessionRecord(id="s", pipeline="demo", state="running"), ttl_s=60)
+    lease = await store.acquire("s", "w1", ttl_ms=60_000)
+    assert lease is not None
+    return lease
 
 
 def _items(
@@ -73,9 +86,7 @@ def test_a_reattached_call_hears_the_reply_while_it_is_still_being_written() -> 
     async def body() -> None:
         store = SlowReads()
         spec = demo_pipeline().spec
-        await store.create(SessionRecord(id="s", pipeline="demo", state="running"), ttl_s=60)
-        lease = await store.acquire("s", "w1", ttl_ms=60_000)
-        assert lease is not None
+        lease = await _owned_by_w1(store)
         pos = 0
 
         async def write(n: int) -> None:
@@ -84,7 +95,7 @@ def test_a_reattached_call_hears_the_reply_while_it_is_still_being_written() -> 
             for _ in range(n):
                 pos += 1
                 frame = AudioOut(pcm=bytes(640), turn=2, inc=1, pos=pos, seq=pos)
-                entries.append(_WRITE.encode(OutputEntry(1, 2, pos, _CODEC.encode(frame))))
+                entries.append(_entry(1, pos, frame))
             await store.append_output(lease, entries)
 
         await write(1500)  # more than a page of backlog: the client has heard 1400 frames
@@ -118,25 +129,19 @@ def test_text_reaches_the_client_with_its_writer_s_incarnation_and_is_not_resent
     async def body() -> None:
         store = MemoryStore()
         spec = demo_pipeline().spec
-        await store.create(SessionRecord(id="s", pipeline="demo", state="running"), ttl_s=60)
-        old = await store.acquire("s", "w1", ttl_ms=60_000)
-        assert old is not None
-
-        def entry(token: int, index: int, event: Event) -> bytes:
-            return _WRITE.encode(OutputEntry(token, event.turn, index, _CODEC.encode(event)))
-
+        old = await _owned_by_w1(store)
         await store.append_output(
             old,
             [
-                entry(1, 1, AudioOut(pcm=bytes(640), turn=2, inc=1, pos=100, seq=49)),
-                entry(1, 1, LlmDelta(text="a", turn=2, seq=50)),
-                entry(1, 2, LlmDelta(text="b", turn=2, seq=51)),
+                _entry(1, 1, AudioOut(pcm=bytes(640), turn=2, inc=1, pos=100, seq=49)),
+                _entry(1, 1, LlmDelta(text="a", turn=2, seq=50)),
+                _entry(1, 2, LlmDelta(text="b", turn=2, seq=51)),
             ],
         )
         await store.release(old, to="w2")
         new = await store.acquire("s", "w2", ttl_ms=60_000)
         assert new is not None and new.token == 2
-        await store.append_output(new, [entry(2, 3, LlmDelta(text="c", turn=2, seq=52))])
+        await store.append_output(new, [_entry(2, 3, LlmDelta(text="c", turn=2, seq=52))])
 
         host = ClusterHost(store, {"demo": spec})
         async with host.running():
@@ -159,7 +164,7 @@ def test_text_reaches_the_client_with_its_writer_s_incarnation_and_is_not_resent
             again.listen(resent.append)
             await asyncio.sleep(0.2)
             assert resent == []  # it had all of it
-            await store.append_output(new, [entry(2, 4, LlmDelta(text="d", turn=2, seq=53))])
+            await store.append_output(new, [_entry(2, 4, LlmDelta(text="d", turn=2, seq=53))])
             await asyncio.sleep(0.2)
             assert [(e.kind, e.inc, getattr(e, "text", "")) for e in resent] == [
                 ("llm.delta", 2, "d")

@@ -139,8 +139,9 @@ class MemoryStore:
         lease = await self.acquire(sid, worker, ttl_ms)
         if lease is None:
             return None
-        record, checkpoint = await self.record(sid), await self.load(sid)
-        return Taken(lease, record, checkpoint, await self.output_tail(sid, tail))
+        entries = self._session(sid).output.entries[-tail:] if tail > 0 else []
+        newest: list[bytes] = [value for _, value in entries]  # type: ignore[misc]
+        return Taken(lease, await self.record(sid), await self.load(sid), newest)
 
     async def renew(self, leases: Sequence[Lease], ttl_ms: int) -> list[bool]:
         now = self._now()
@@ -251,11 +252,6 @@ class MemoryStore:
         start = out.last if after == "$" else int(after)
         found = await out.read(start, block_ms)
         return [(str(n), value) for n, value in found[:READ_PAGE]]  # type: ignore[misc]
-
-    async def output_tail(self, sid: str, count: int) -> list[bytes]:
-        if count <= 0:
-            return []
-        return [value for _, value in self._session(sid).output.entries[-count:]]  # type: ignore[misc]
 
     # -- workers and dispatch ---------------------------------------------------------------
 

@@ -384,11 +384,16 @@ class RedisStore:
     # -- leases -----------------------------------------------------------------------------
 
     async def acquire(self, sid: str, worker: str, ttl_ms: int) -> Lease | None:
-        (granted, token, *_), _ = await self._acquiring(self._acquire, sid, worker, ttl_ms)
+        (granted, token, *_), _ = await self._acquiring(
+            self._acquire, sid, [keys.lease(sid)], [worker, ttl_ms, SESSION_TTL_MS]
+        )
         return Lease(sid, worker, int(token)) if granted else None
 
     async def take(self, sid: str, worker: str, ttl_ms: int, tail: int) -> Taken | None:
-        reply, _ = await self._acquiring(self._take, sid, worker, ttl_ms, tail)
+        names = [keys.lease(sid), keys.session(sid), keys.snapshot(sid), keys.output(sid)]
+        reply, _ = await self._acquiring(
+            self._take, sid, names, [worker, ttl_ms, SESSION_TTL_MS, tail]
+        )
         if not reply[0]:
             return None
         _, token, _, record, checkpoint, found = reply
@@ -397,18 +402,13 @@ class RedisStore:
         return Taken(Lease(sid, worker, int(token)), _record(sid, fields), checkpoint, entries)
 
     async def _acquiring(
-        self, script: Any, sid: str, worker: str, ttl_ms: int, *more: int
+        self, script: Any, sid: str, names: list[str], args: list[Any]
     ) -> list[Any]:
         """Run an acquiring script, and index the lease in the same round trip."""
-        names = [keys.lease(sid), keys.session(sid), keys.snapshot(sid), keys.output(sid)]
 
         async def run() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
-                await script(
-                    keys=names[: 4 if more else 1],
-                    args=[worker, ttl_ms, SESSION_TTL_MS, *more],
-                    client=pipe,
-                )
+                await script(keys=names, args=args, client=pipe)
                 # In the index at once (the expiry is the script's, so the entry is added as
                 # already due; the first renewal sets it; a scan meanwhile finds the lease
                 # held). A session never in the index is never failed over.
@@ -436,15 +436,15 @@ class RedisStore:
                     keys=[keys.LEASES], args=[ttl_ms, *(one.session for one in leases)], client=pipe
                 )
                 # And what each worker owns (for a fast failover when its process dies).
-                for worker in owners:
-                    mine = [one for one in leases if one.worker == worker]
-                    pairs = [v for one in mine for v in (one.session, one.token)]
+                for worker, pairs in owned.items():
                     await self._owned(
                         keys=[keys.owned(worker)], args=[OWNED_TTL_MS, *pairs], client=pipe
                     )
                 return await pipe.execute()  # type: ignore[no-any-return]
 
-        owners = sorted({one.worker for one in leases})
+        owned: dict[str, list[str | int]] = {}
+        for one in leases:
+            owned.setdefault(one.worker, []).extend((one.session, one.token))
         results = (await self._call(run))[: len(leases)]
         return [bool(exp) for exp in results]
 
@@ -589,10 +589,6 @@ class RedisStore:
 
     async def read_output(self, sid: str, after: str, block_ms: int) -> list[tuple[str, bytes]]:
         return _items(await self._xread(keys.output(sid), after, READ_PAGE, block_ms), b"o")
-
-    async def output_tail(self, sid: str, count: int) -> list[bytes]:
-        found = await self._call(lambda: self.redis.xrevrange(keys.output(sid), count=count))
-        return [fields[b"o"] for _, fields in reversed(found)]
 
     # -- workers and dispatch ---------------------------------------------------------------
 

@@ -179,10 +179,6 @@ class SessionStore(Protocol):
         most :data:`READ_PAGE`)."""
         ...
 
-    async def output_tail(self, sid: str, count: int) -> list[bytes]:
-        """The newest ``count`` output entries, oldest first (what a new owner checks)."""
-        ...
-
     # -- workers and dispatch ----------------------------------------------------------------
 
     async def heartbeat(self, info: WorkerInfo) -> None: ...

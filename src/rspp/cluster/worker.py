@@ -332,7 +332,7 @@ class Worker:
             # One round trip: the lease, and once it is ours (no older owner writes after
             # that), the record, the checkpoint and the output's tail.
             taken = await store.take(sid, self.id, self.config.lease_ttl_ms, 300)
-            loaded = time.perf_counter_ns()
+            taken_ns = time.perf_counter_ns()
             if taken is None:
                 return  # another worker has it (two placements raced; one wins)
             lease, record, raw, tail = taken
@@ -354,7 +354,7 @@ class Worker:
         if checkpoint is not None and why != "swap":
             delivered = delivered_since(checkpoint, tail)
         owned = OwnedSession(self, lease, pipeline, checkpoint, why, asked, delivered)
-        owned.steps["taken"] = loaded
+        owned.steps["taken"] = taken_ns
         self.sessions[sid] = owned
         self.metrics.active.set(len(self.sessions))
         assert self._group is not None
